@@ -1,0 +1,1 @@
+"""Triton kernels and FlashInfer wrappers, each with a pure-torch reference."""

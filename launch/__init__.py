@@ -1,0 +1,1 @@
+"""Launchers: CPU demo, presets."""

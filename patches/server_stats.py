@@ -1,0 +1,26 @@
+"""Patch: SSD's running totals in SGLang's internal state (/get_server_info -> internal_states).
+
+Changes `SchedulerInternalStateController._add_speculative`
+(sglang/srt/managers/scheduler_components/internal_state.py, sglang 0.5.23), an AFTER hook that
+adds `state["ssd"]` (acceptance length, cache hit rate, draft wait time, ...) next to SGLang's own
+`avg_spec_accept_length`. Why: that is where SGLang reports speculative statistics. Not CPU-only.
+"""
+
+from __future__ import annotations
+
+TARGET = ("sglang.srt.managers.scheduler_components.internal_state."
+          "SchedulerInternalStateController._add_speculative")
+
+
+def _after(result, self, state):
+    from sglang_ssd.stats import RUNNING
+
+    if RUNNING.draft_pid is not None:
+        state["ssd"] = RUNNING.snapshot()
+    return result
+
+
+def apply() -> None:
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register(TARGET, _after, HookType.AFTER)

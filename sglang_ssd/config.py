@@ -1,0 +1,227 @@
+"""SSD's own command-line flags (`--ssd-...`) and their validation.
+
+The flags are added to SGLang's own parser (see plugin.py), parsed into an `SSDConfig` before any
+model loads, and ride along on the ServerArgs record (`server_args._ssd_config`, which ServerArgs
+pickles with its bookkeeping) so every SGLang process sees the same values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+BACKUP_POLICIES = ("neural", "fast", "adaptive")
+MAX_K = 16
+DEFAULT_K = 4
+
+
+class SSDConfigError(ValueError):
+    """A bad flag value; the message names the flag and the value."""
+
+
+@dataclass
+class SSDConfig:
+    fanout_budget: Optional[int] = None
+    fanout: Optional[list[int]] = None
+    backup: str = "adaptive"
+    backup_batch_threshold: int = 8
+    draft_device: Optional[str] = None
+    draft_endpoint: Optional[str] = None
+    allow_remote_draft: bool = False
+    draft_timeout: float = 60.0
+    draft_start_timeout: float = 600.0
+    draft_threads: Optional[int] = None
+    draft_kv_tokens: int = 65536
+    draft_dtype: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SSDConfig":
+        return cls(**d)
+
+
+def _flag_error(flag: str, value, why: str) -> SSDConfigError:
+    return SSDConfigError(f"{flag}={value!r}: {why}")
+
+
+def _int_in(flag: str, lo: int, hi: Optional[int] = None):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"{flag}={text!r}: not an integer")
+        if v < lo or (hi is not None and v > hi):
+            rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise argparse.ArgumentTypeError(f"{flag}={text!r}: must be {rng}")
+        return v
+
+    return parse
+
+
+def _positive_float(flag: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"{flag}={text!r}: not a number")
+        if not (v > 0 and v < float("inf")):
+            raise argparse.ArgumentTypeError(f"{flag}={text!r}: must be a finite number > 0")
+        return v
+
+    return parse
+
+
+def _fanout_list(text: str) -> list[int]:
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--ssd-fanout={text!r}: expected comma-separated integers F_0,...,F_K"
+        )
+    if any(v < 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"--ssd-fanout={text!r}: fan-outs must be >= 0")
+    if not any(v > 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"--ssd-fanout={text!r}: at least one fan-out must be > 0")
+    return vals
+
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def _device(text: str) -> str:
+    if not _DEVICE_RE.match(str(text)):
+        raise argparse.ArgumentTypeError(
+            f"--ssd-draft-device={text!r}: expected 'cpu', 'cuda' or 'cuda:N'"
+        )
+    return text
+
+
+def _endpoint(text: str) -> str:
+    t = str(text)
+    if t.startswith("ipc://") and len(t) > len("ipc://"):
+        return t
+    m = re.match(r"^tcp://(\[[^\]]+\]|[^:/]+):(\d+)$", t)
+    if m and 0 < int(m.group(2)) < 65536:
+        return t
+    raise argparse.ArgumentTypeError(
+        f"--ssd-draft-endpoint={text!r}: expected ipc://PATH or tcp://HOST:PORT"
+    )
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    """Add SSD's flags to an SGLang ServerArgs parser (listed by --help)."""
+    if any(a.dest == "ssd_backup" for a in parser._actions):
+        return
+    g = parser.add_argument_group("SSD (speculative speculative decoding, sglang-ssd)")
+    g.add_argument("--ssd-fanout-budget", type=_int_in("--ssd-fanout-budget", 1, 4096), default=None,
+                   help="Branches pre-drafted per request per round (B); split over positions by "
+                   "the geometric schedule. Default: 3*(K+1).")
+    g.add_argument("--ssd-fanout", type=_fanout_list, default=None,
+                   help="Explicit fan-out list F_0,...,F_K (K+1 non-negative integers); overrides "
+                   "--ssd-fanout-budget.")
+    g.add_argument("--ssd-backup", type=str, default="adaptive",
+                   help="Backup speculator on a cache miss: neural (draft K tokens from the true "
+                   "context), fast (n-gram lookup in the request's own context), adaptive (neural "
+                   "while few requests missed, fast above --ssd-backup-batch-threshold).")
+    g.add_argument("--ssd-backup-batch-threshold", type=_int_in("--ssd-backup-batch-threshold", 1),
+                   default=8, help="Adaptive backup: batch size b* from which misses get the fast backup.")
+    g.add_argument("--ssd-draft-device", type=_device, default=None,
+                   help="Device of the draft process: cpu, cuda or cuda:N. Default: cpu when the "
+                   "target runs on cpu, else the next GPU after the target's.")
+    g.add_argument("--ssd-draft-endpoint", type=_endpoint, default=None,
+                   help="ZeroMQ endpoint between worker and draft process. Default: an ipc:// "
+                   "socket in a private directory. tcp:// must be loopback unless "
+                   "--ssd-allow-remote-draft.")
+    g.add_argument("--ssd-allow-remote-draft", action="store_true",
+                   help="Allow a non-loopback tcp:// --ssd-draft-endpoint.")
+    g.add_argument("--ssd-draft-timeout", type=_positive_float("--ssd-draft-timeout"), default=60.0,
+                   help="Seconds to wait for the draft's answer in a round before serving that "
+                   "round without speculation.")
+    g.add_argument("--ssd-draft-start-timeout", type=_positive_float("--ssd-draft-start-timeout"),
+                   default=600.0, help="Seconds to wait for the draft process to load its model.")
+    g.add_argument("--ssd-draft-threads", type=_int_in("--ssd-draft-threads", 1, 1024), default=None,
+                   help="torch threads in the draft process (CPU draft). Default: 1.")
+    g.add_argument("--ssd-draft-kv-tokens", type=_int_in("--ssd-draft-kv-tokens", 256), default=65536,
+                   help="KV slots in the draft process's pool (prefixes, glue and branch tokens).")
+    g.add_argument("--ssd-draft-dtype", type=str, default=None,
+                   help="Draft dtype: float32, float16 or bfloat16. Default: float32 on cpu, the "
+                   "target's --dtype otherwise.")
+
+
+def config_from_namespace(ns: argparse.Namespace) -> SSDConfig:
+    cfg = SSDConfig(
+        fanout_budget=getattr(ns, "ssd_fanout_budget", None),
+        fanout=getattr(ns, "ssd_fanout", None),
+        backup=getattr(ns, "ssd_backup", "adaptive"),
+        backup_batch_threshold=getattr(ns, "ssd_backup_batch_threshold", 8),
+        draft_device=getattr(ns, "ssd_draft_device", None),
+        draft_endpoint=getattr(ns, "ssd_draft_endpoint", None),
+        allow_remote_draft=bool(getattr(ns, "ssd_allow_remote_draft", False)),
+        draft_timeout=getattr(ns, "ssd_draft_timeout", 60.0),
+        draft_start_timeout=getattr(ns, "ssd_draft_start_timeout", 600.0),
+        draft_threads=getattr(ns, "ssd_draft_threads", None),
+        draft_kv_tokens=getattr(ns, "ssd_draft_kv_tokens", 65536),
+        draft_dtype=getattr(ns, "ssd_draft_dtype", None),
+    )
+    return cfg
+
+
+def validate(cfg: SSDConfig, *, k: Optional[int], draft_model_path: Optional[str],
+             target_device: str) -> None:
+    """Cross-flag checks that argparse cannot do. Raises SSDConfigError."""
+    if not draft_model_path:
+        raise SSDConfigError(
+            "--speculative-draft-model-path is required with --speculative-algorithm SSD"
+        )
+    if not os.path.exists(draft_model_path):
+        raise _flag_error("--speculative-draft-model-path", draft_model_path,
+                          "no such directory (SSD loads the draft from a local path)")
+    if k is not None and not (1 <= k <= MAX_K):
+        raise _flag_error("--speculative-num-steps", k, f"SSD needs K in [1, {MAX_K}]")
+    kk = k if k is not None else DEFAULT_K
+    if cfg.backup not in BACKUP_POLICIES:
+        raise _flag_error("--ssd-backup", cfg.backup, f"must be one of {', '.join(BACKUP_POLICIES)}")
+    if cfg.fanout is not None and len(cfg.fanout) != kk + 1:
+        raise _flag_error("--ssd-fanout", ",".join(map(str, cfg.fanout)),
+                          f"needs K+1 = {kk + 1} entries (K = --speculative-num-steps = {kk})")
+    if cfg.draft_dtype is not None and cfg.draft_dtype not in ("float32", "float16", "bfloat16"):
+        raise _flag_error("--ssd-draft-dtype", cfg.draft_dtype, "must be float32, float16 or bfloat16")
+    if cfg.draft_device is not None and cfg.draft_device.startswith("cuda") and target_device == "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _flag_error("--ssd-draft-device", cfg.draft_device, "CUDA is not available here")
+    ep = cfg.draft_endpoint
+    if ep is not None and ep.startswith("tcp://") and not cfg.allow_remote_draft:
+        host = ep[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+        if host != "localhost":
+            try:
+                loop = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loop = False
+            if not loop:
+                raise _flag_error("--ssd-draft-endpoint", ep,
+                                  "not a loopback address; pass --ssd-allow-remote-draft to opt in")
+
+
+def resolve_k(server_args) -> int:
+    k = getattr(server_args, "speculative_num_steps", None)
+    return int(k) if k is not None else DEFAULT_K
+
+
+def get_config(server_args) -> SSDConfig:
+    """The SSDConfig riding on a ServerArgs record (defaults when launched without our parser)."""
+    cfg = getattr(server_args, "_ssd_config", None)
+    if cfg is None:
+        return SSDConfig()
+    if isinstance(cfg, dict):
+        return SSDConfig.from_dict(cfg)
+    return cfg

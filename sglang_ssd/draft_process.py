@@ -1,0 +1,125 @@
+"""The draft process: loads the draft model on its own device and serves the SSD worker over ZeroMQ.
+
+Started by the worker (draft_client.py) as `python -m sglang_ssd.draft_process CONFIG_JSON`. It
+connects to the worker's endpoint, says Ready, then loops: answer each Step at once, then pre-draft
+the next round while the target verifies. It exits on Shutdown, when its parent dies, or when
+told something it cannot decode twice in a row (a broken peer), never on one bad request.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+
+import zmq
+
+from sglang_ssd import wire
+from sglang_ssd.draft_model import DraftModel, PoolFullError
+from sglang_ssd.speculator import Speculator
+
+logger = logging.getLogger("sglang_ssd.draft")
+
+PARENT_POLL_MS = 500
+
+
+def tokenizer_digest(path: str):
+    """A digest of a tokenizer's vocabulary, to refuse a draft whose tokens mean something else."""
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception:
+        return None
+    items = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run(cfg: dict) -> int:
+    _die_with_parent()
+    parent = os.getppid()
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s ssd-draft] %(message)s")
+    import torch
+
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PAIR)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(cfg["endpoint"])
+    try:
+        model = DraftModel(cfg["model_path"], cfg["device"], cfg["dtype"], int(cfg["kv_tokens"]))
+        spec = Speculator(model, int(cfg["k"]), list(cfg["fanout"]), cfg["backup"],
+                          int(cfg["backup_batch_threshold"]))
+        sock.send(wire.encode(wire.Ready(
+            pid=os.getpid(), vocab_size=model.vocab_size, k=spec.k, fanout=spec.fanout,
+            device=str(model.device), tokenizer_digest=tokenizer_digest(cfg["model_path"]),
+        )))
+    except Exception as e:
+        sock.send(wire.encode(wire.Fatal(error=f"{type(e).__name__}: {e}")))
+        traceback.print_exc()
+        return 1
+    logger.info("draft ready: %s on %s, K=%d, fan-out %s", cfg["model_path"], model.device,
+                spec.k, spec.fanout)
+
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    bad_in_a_row = 0
+    while True:
+        if not poller.poll(PARENT_POLL_MS):
+            if os.getppid() != parent:
+                return 0
+            continue
+        raw = sock.recv()
+        try:
+            msg = wire.decode_to_draft(raw)
+        except wire.WireError as e:
+            logger.error("%s", e)
+            bad_in_a_row += 1
+            if bad_in_a_row >= 2:
+                return 2
+            continue
+        bad_in_a_row = 0
+        if isinstance(msg, wire.Shutdown):
+            return 0
+        t0 = time.perf_counter()
+        spec.release(msg.releases)
+        refusals = spec.begin(list(msg.begins))
+        specs, more, backup_s = spec.lookup(list(msg.outcomes)) if msg.outcomes else ([], [], 0.0)
+        if msg.reply:
+            sock.send(wire.encode(wire.StepReply(
+                round=msg.round, specs=specs, refusals=refusals + more,
+                times=wire.DraftTimes(tree_s=spec.last_tree_s,
+                                      lookup_s=time.perf_counter() - t0, backup_s=backup_s),
+            )))
+        try:
+            spec.speculate()
+        except PoolFullError as e:
+            logger.warning("%s; this round's speculation is skipped", e)
+            spec.drop_speculation()
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m sglang_ssd.draft_process CONFIG_JSON", file=sys.stderr)
+        return 2
+    return run(json.loads(argv[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Draft-side SSD state: per-request sequences, the speculation cache, lookup and pre-drafting.
+
+One round for a request whose last speculation was S = x_1..x_K after pending token t:
+  lookup(k, t*)  -> cached K tokens on a hit, else the backup's; commits t, x_1..x_k;
+  speculate()    -> glue forward over [t*, S'] (writes its KV), forks the likely outcomes and
+                    drafts every branch of every request K steps deep, one batched forward a step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from sglang_ssd.backup import ngram_propose
+from sglang_ssd.draft_model import DraftModel
+from sglang_ssd.forking import fork_candidates
+from sglang_ssd.wire import Begin, Outcome, Refusal, Spec
+
+
+class RequestRefused(ValueError):
+    """This request cannot be speculated for (bad ids, lengths or round); the worker serves it plainly."""
+
+
+@dataclass
+class DraftSeq:
+    rid: str
+    tokens: list[int]  # committed context (prompt + accepted), pending token excluded
+    slots: list[int] = field(default_factory=list)  # KV slots of tokens[:len(slots)]
+    pending: int = 0
+    spec: list[int] = field(default_factory=list)  # the speculation last sent for `pending`
+    glue_slots: list[int] = field(default_factory=list)  # KV of [pending] + spec, once glued
+    cache: dict = field(default_factory=dict)  # (k, t*) -> next speculation
+
+
+@dataclass
+class _Chain:
+    """A sequence of K greedy draft steps from `first` over a fixed context of slots."""
+
+    context: list[int]
+    first: int
+    first_pos: int
+    slots: list[int] = field(default_factory=list)
+    out: list[int] = field(default_factory=list)
+
+
+class Speculator:
+    def __init__(self, model: DraftModel, k: int, fanout: list[int], backup: str,
+                 backup_batch_threshold: int):
+        self.model = model
+        self.k = k
+        self.fanout = fanout
+        self.backup = backup
+        self.backup_batch_threshold = backup_batch_threshold
+        self.seqs: dict[str, DraftSeq] = {}
+        self.last_tree_s = 0.0
+
+    # ---- request lifecycle -------------------------------------------------------------
+    def release(self, rids) -> None:
+        for rid in rids:
+            seq = self.seqs.pop(rid, None)
+            if seq is not None:
+                self.model.pool.free(seq.slots)
+                self.model.pool.free(seq.glue_slots)
+
+    def begin(self, begins: list[Begin]) -> list[Refusal]:
+        refusals, fresh = [], []
+        for b in begins:
+            try:
+                self._check_ids(b.prompt + [b.pending], b.rid)
+                if len(b.prompt) + 2 * self.k + 2 > self.model.max_positions:
+                    raise RequestRefused(f"prompt of {len(b.prompt)} tokens exceeds the draft's context")
+            except RequestRefused as e:
+                refusals.append(Refusal(rid=b.rid, reason=str(e)))
+                continue
+            self.release([b.rid])
+            seq = DraftSeq(rid=b.rid, tokens=list(b.prompt), pending=b.pending)
+            self.seqs[b.rid] = seq
+            fresh.append(seq)
+        if fresh:
+            self._ensure_kv(fresh)
+            for seq, toks in zip(fresh, self._neural([(s, s.pending) for s in fresh])):
+                seq.spec = toks
+        return refusals
+
+    # ---- the round ---------------------------------------------------------------------
+    def lookup(self, outcomes: list[Outcome]) -> tuple[list[Spec], list[Refusal], float]:
+        """Answer every outcome; only the missed requests get a backup speculation."""
+        specs: dict[str, Spec] = {}
+        refusals: list[Refusal] = []
+        missed: list[tuple[DraftSeq, int]] = []
+        for o in outcomes:
+            seq = self.seqs.get(o.rid)
+            try:
+                if seq is None:
+                    raise RequestRefused(f"unknown request {o.rid!r}")
+                if o.k == -1:
+                    if len(seq.tokens) != o.committed_len:
+                        raise RequestRefused(f"committed length {o.committed_len} from the target, "
+                                             f"draft has {len(seq.tokens)}")
+                    specs[o.rid] = Spec(rid=o.rid, hit=False, tokens=list(seq.spec))
+                    continue
+                self._commit(seq, o)
+            except RequestRefused as e:
+                refusals.append(Refusal(rid=o.rid, reason=str(e)))
+                self.release([o.rid])
+                continue
+            hit = seq.cache.get((o.k, o.t_star))
+            if hit is not None:
+                specs[o.rid] = Spec(rid=o.rid, hit=True, tokens=hit)
+                seq.spec = hit
+            else:
+                missed.append((seq, o.t_star))
+            seq.cache = {}
+        t0 = time.perf_counter()
+        if missed:
+            use_fast = self.backup == "fast" or (
+                self.backup == "adaptive" and len(outcomes) >= self.backup_batch_threshold
+            )
+            if use_fast:
+                drafts = [ngram_propose(s.tokens + [t], self.k) for s, t in missed]
+            else:
+                drafts = self._neural(missed)
+            for (seq, _), toks in zip(missed, drafts):
+                seq.spec = toks
+                specs[seq.rid] = Spec(rid=seq.rid, hit=False, tokens=toks)
+        backup_s = time.perf_counter() - t0
+        ordered = [specs[o.rid] for o in outcomes if o.rid in specs]
+        return ordered, refusals, backup_s
+
+    def _commit(self, seq: DraftSeq, o: Outcome) -> None:
+        if not (0 <= o.k <= self.k):
+            raise RequestRefused(f"k={o.k} outside [0, {self.k}]")
+        self._check_ids([o.t_star], seq.rid)
+        accepted = [seq.pending] + seq.spec[: o.k]
+        new_len = len(seq.tokens) + len(accepted)
+        if new_len != o.committed_len:
+            raise RequestRefused(
+                f"committed length {o.committed_len} from the target, draft has {new_len}"
+            )
+        if new_len + 2 * self.k + 2 > self.model.max_positions:
+            raise RequestRefused("context reached the draft's maximum length")
+        if seq.glue_slots and len(seq.slots) == len(seq.tokens):
+            seq.slots += seq.glue_slots[: o.k + 1]
+            self.model.pool.free(seq.glue_slots[o.k + 1:])
+        else:
+            self.model.pool.free(seq.glue_slots)
+        seq.glue_slots = []
+        seq.tokens += accepted
+        seq.pending = o.t_star
+
+    def speculate(self) -> None:
+        """Glue every live speculation, fork its likely outcomes and pre-draft them."""
+        t0 = time.perf_counter()
+        seqs = [s for s in self.seqs.values() if s.spec and not s.glue_slots]
+        if not seqs:
+            return
+        self._ensure_kv(seqs)
+        k = self.k
+        toks, pos, write, vis = [], [], [], []
+        for s in seqs:
+            s.glue_slots = self.model.pool.alloc(k + 1)
+            base = len(s.tokens)
+            for i, t in enumerate([s.pending] + s.spec):
+                toks.append(t)
+                pos.append(base + i)
+                write.append(s.glue_slots[i])
+                vis.append(s.slots + s.glue_slots[: i + 1])
+        logits = self.model.forward(toks, pos, write, vis).view(len(seqs), k + 1, -1)
+        chains, owners = [], []
+        for s, g in zip(seqs, logits):
+            for j, c in fork_candidates(g, s.spec, self.fanout):
+                chains.append(_Chain(context=s.slots + s.glue_slots[: j + 1], first=c,
+                                     first_pos=len(s.tokens) + j + 1))
+                owners.append((s, j, c))
+        self._run_chains(chains)
+        for (s, j, c), ch in zip(owners, chains):
+            s.cache[(j, c)] = ch.out
+        self.last_tree_s = time.perf_counter() - t0
+
+    def drop_speculation(self) -> None:
+        """Forget this round's glue and cache (pool pressure): the next lookups miss."""
+        for s in self.seqs.values():
+            self.model.pool.free(s.glue_slots)
+            s.glue_slots = []
+            s.cache = {}
+
+    # ---- helpers -----------------------------------------------------------------------
+    def _check_ids(self, ids, rid) -> None:
+        v = self.model.vocab_size
+        for t in ids:
+            if not (0 <= t < v):
+                raise RequestRefused(f"token id {t} outside the draft vocabulary [0, {v}) for {rid!r}")
+
+    def _ensure_kv(self, seqs: list[DraftSeq]) -> None:
+        """Write KV for committed tokens that have none yet (prompts, unglued commits)."""
+        toks, pos, write, vis = [], [], [], []
+        for s in seqs:
+            n0 = len(s.slots)
+            if n0 == len(s.tokens):
+                continue
+            new = self.model.pool.alloc(len(s.tokens) - n0)
+            s.slots += new
+            for i in range(n0, len(s.tokens)):
+                toks.append(s.tokens[i])
+                pos.append(i)
+                write.append(s.slots[i])
+                vis.append(s.slots[: i + 1])
+        if toks:
+            self.model.forward(toks, pos, write, vis)
+
+    def _neural(self, items: list[tuple[DraftSeq, int]]) -> list[list[int]]:
+        """Just-in-time drafting: K greedy steps from the true context (seq committed + t)."""
+        self._ensure_kv([s for s, _ in items])
+        chains = [_Chain(context=list(s.slots), first=t, first_pos=len(s.tokens)) for s, t in items]
+        self._run_chains(chains)
+        return [c.out for c in chains]
+
+    def _run_chains(self, chains: list[_Chain]) -> None:
+        """K batched forwards; every chain's scratch KV is freed afterwards."""
+        if not chains:
+            return
+        try:
+            cur = [c.first for c in chains]
+            for step in range(self.k):
+                new = self.model.pool.alloc(len(chains))
+                for c, s in zip(chains, new):
+                    c.slots.append(s)
+                logits = self.model.forward(
+                    cur,
+                    [c.first_pos + step for c in chains],
+                    new,
+                    [c.context + c.slots for c in chains],
+                )
+                nxt = torch.argmax(logits, dim=-1).tolist()
+                for c, t in zip(chains, nxt):
+                    c.out.append(t)
+                cur = nxt
+        finally:
+            for c in chains:
+                self.model.pool.free(c.slots)

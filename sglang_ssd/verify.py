@@ -1,0 +1,63 @@
+"""Target-side verification of a chain speculation [t, x_1..x_K]: which tokens to emit.
+
+Greedy requests accept while x_{i+1} == argmax p_i and emit argmax p_k at the first mismatch.
+Requests whose next token SGLang's sampler decides differently from a plain argmax (temperature
+> 0, penalties, logit bias, custom logit processors, min_new_tokens, grammars) are served by the
+exact plain path: nothing accepted, t* from SGLang's own sampler on the first position (exactly
+what the target alone would do).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ChainResult:
+    accept_len: torch.Tensor  # [bs] int32: k + 1 (emitted tokens, including t*)
+    tokens: torch.Tensor  # [bs, K+1] int32: x_1..x_k, t*, then zeros
+    k: list[int]
+    t_star: list[int]
+
+
+def needs_plain_path(req) -> bool:
+    """True when emitting more than one token per round for `req` could change its output."""
+    sp = req.sampling_params
+    greedy = sp.top_k == 1 or sp.temperature < 1e-6
+    return (
+        not greedy
+        or sp.frequency_penalty != 0.0
+        or sp.presence_penalty != 0.0
+        or sp.repetition_penalty != 1.0
+        or sp.min_new_tokens > 0
+        or sp.logit_bias
+        or getattr(req, "custom_logit_processor", None) is not None
+        or getattr(req, "grammar", None) is not None
+    )
+
+
+def accept_chain(drafts: torch.Tensor, logits: torch.Tensor, plain: torch.Tensor,
+                 plain_tokens: torch.Tensor) -> ChainResult:
+    """drafts [bs, K+1] = [t, x_1..x_K]; logits [bs*(K+1), V]; plain [bs] bool.
+
+    plain_tokens [bs]: SGLang's sampler's token for the first position, used where plain.
+    """
+    bs, n = drafts.shape
+    pred = torch.argmax(logits.view(bs, n, -1), dim=-1)  # [bs, n]
+    match = (drafts[:, 1:] == pred[:, :-1]).to(torch.int32)
+    k = torch.cumprod(match, dim=1).sum(dim=1)
+    k = torch.where(plain, torch.zeros_like(k), k)
+    t_star = pred.gather(1, k.view(-1, 1).long()).view(-1)
+    t_star = torch.where(plain, plain_tokens.to(t_star.dtype), t_star)
+    ar = torch.arange(n, device=drafts.device).view(1, -1)
+    shifted = torch.cat([drafts[:, 1:], torch.zeros_like(drafts[:, :1])], dim=1)
+    tokens = torch.where(ar < k.view(-1, 1), shifted, torch.zeros_like(shifted))
+    tokens = tokens.scatter(1, k.view(-1, 1).long(), t_star.view(-1, 1).to(tokens.dtype))
+    return ChainResult(
+        accept_len=(k + 1).to(torch.int32),
+        tokens=tokens.to(torch.int32),
+        k=k.tolist(),
+        t_star=t_star.tolist(),
+    )

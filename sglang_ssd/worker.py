@@ -1,0 +1,328 @@
+"""The SSD worker: SGLang's speculative worker for --speculative-algorithm SSD (target side).
+
+Each decode round: tell the draft process the outcome (k, t*) of every request's last
+verification, receive the next speculation (from its cache on a hit, from the backup on a miss),
+verify [t, x_1..x_K] with the target in one forward, emit x_1..x_k, t*. The draft's speculation
+work for the next round overlaps with this verification because the draft process drafts right
+after answering. Per-request state is keyed by request id; the scheduler owns all target KV.
+Runs synchronously (no overlap schedule): req.output_ids is complete at every call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import torch
+
+from sglang.srt.layers.logits_processor import LogitsProcessorOutput
+from sglang.srt.managers.schedule_batch import ScheduleBatch
+from sglang.srt.managers.tp_worker import TpModelWorker
+from sglang.srt.managers.utils import GenerationBatchResult
+from sglang.srt.model_executor.forward_batch_info import ForwardMode
+from sglang.srt.runtime_context import get_device, get_parallel, get_spec
+from sglang.srt.server_args import ServerArgs
+from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
+from sglang.srt.speculative.ngram_info import NgramVerifyInput
+from sglang.srt.utils import is_cpu
+
+from sglang_ssd import stats as ssd_stats
+from sglang_ssd import wire
+from sglang_ssd.backup import ngram_propose
+from sglang_ssd.config import get_config
+from sglang_ssd.draft_client import DraftClient
+from sglang_ssd.fanout import resolve_fanout
+from sglang_ssd.verify import accept_chain, needs_plain_path
+
+logger = logging.getLogger(__name__)
+
+
+def _default_draft_device(target_device: str, gpu_id: int) -> str:
+    if target_device == "cpu":
+        return "cpu"
+    if torch.cuda.is_available() and torch.cuda.device_count() > gpu_id + 1:
+        return f"cuda:{gpu_id + 1}"
+    return f"cuda:{gpu_id}"
+
+
+class SSDWorker(BaseSpecWorker):
+    def __init__(self, server_args: ServerArgs, gpu_id: int, nccl_port: int,
+                 target_worker: TpModelWorker):
+        super().__init__()
+        self.server_args = server_args
+        self._target_worker = target_worker
+        self._draft_worker = None
+        self.model_runner = target_worker.model_runner
+        self.device = get_device().device
+        self.k = int(get_spec().speculative_num_steps)
+        self.n = self.k + 1
+        self.speculative_num_draft_tokens = self.n
+        self.speculative_num_steps = self.k
+        self.topk = 1
+        self.tp_rank = get_parallel().tp_rank
+        self.tp_group = get_parallel().tp_group
+        self.cfg = get_config(server_args)
+        self.stats = ssd_stats.RUNNING
+        self.vocab_size = int(self.model_runner.model_config.vocab_size)
+        self.fanout = resolve_fanout(self.k, self.cfg.fanout, self.cfg.fanout_budget, self.vocab_size)
+        self.synced: dict[str, tuple[int, int]] = {}  # rid -> outcome of its last round
+        self.round = 0
+        self.client: Optional[DraftClient] = None
+        if self.tp_rank == 0:
+            self.client = self._start_draft(server_args, gpu_id)
+
+    # ---- draft process ---------------------------------------------------------------------
+    def _start_draft(self, server_args: ServerArgs, gpu_id: int) -> DraftClient:
+        cfg = self.cfg
+        target_device = str(server_args.device)
+        device = cfg.draft_device or _default_draft_device(target_device, gpu_id)
+        if cfg.draft_dtype:
+            dtype = cfg.draft_dtype
+        elif device == "cpu":
+            dtype = "float32"
+        else:
+            dtype = server_args.dtype if server_args.dtype in ("float16", "bfloat16", "float32") else "bfloat16"
+        client = DraftClient(
+            model_path=server_args.speculative_draft_model_path, k=self.k, fanout=self.fanout,
+            backup=cfg.backup, backup_batch_threshold=cfg.backup_batch_threshold, device=device,
+            dtype=dtype, kv_tokens=cfg.draft_kv_tokens,
+            threads=cfg.draft_threads or (1 if device == "cpu" else None),
+            endpoint=cfg.draft_endpoint, timeout_s=cfg.draft_timeout,
+            start_timeout_s=cfg.draft_start_timeout,
+        )
+        ready = client.ready
+        problem = None
+        if ready.vocab_size != self.vocab_size:
+            problem = (f"draft vocabulary size {ready.vocab_size} != target vocabulary size "
+                       f"{self.vocab_size}")
+        else:
+            from sglang_ssd.draft_process import tokenizer_digest
+
+            mine = tokenizer_digest(server_args.tokenizer_path or server_args.model_path)
+            if mine and ready.tokenizer_digest and mine != ready.tokenizer_digest:
+                problem = "draft and target tokenizers differ (SSD needs a shared vocabulary)"
+        if problem:
+            client.close()
+            raise ValueError(
+                f"--speculative-draft-model-path={server_args.speculative_draft_model_path!r}: {problem}"
+            )
+        self.stats.draft_pid = ready.pid
+        self.stats.fanout = list(ready.fanout)
+        logger.info("SSD draft process %d ready on %s (K=%d, fan-out %s)", ready.pid, ready.device,
+                    self.k, ready.fanout)
+        return client
+
+    @property
+    def draft_worker(self):
+        return None
+
+    def alloc_memory_pool(self, memory_pool_config=None, req_to_token_pool=None,
+                          token_to_kv_pool_allocator=None):
+        self.req_to_token_pool, self.token_to_kv_pool_allocator = self._target_worker.get_memory_pool()
+
+    def init_attention_backends(self):
+        pass
+
+    def init_cuda_graphs(self):
+        pass
+
+    def clear_cache_pool(self):
+        pass
+
+    def _send(self, msg: wire.Step) -> Optional[wire.StepReply]:
+        return self.client.step(msg) if self.client is not None else None
+
+    # ---- the scheduler's entry point ------------------------------------------------------
+    def forward_batch_generation(self, batch: ScheduleBatch, on_publish=None, grammar_barrier=None,
+                                 pp_proxy_tensors=None, **kwargs) -> GenerationBatchResult:
+        if batch.forward_mode.is_decode():
+            return self._decode(batch, on_publish)
+        return self._prefill(batch, on_publish, pp_proxy_tensors)
+
+    def _prefill(self, batch, on_publish, pp_proxy_tensors) -> GenerationBatchResult:
+        result = self.target_worker.forward_batch_generation(batch, pp_proxy_tensors=pp_proxy_tensors)
+        bs = len(batch.reqs)
+        predict = result.next_token_ids
+        if bs and batch.forward_mode.is_extend():
+            firsts = predict.tolist()
+            begins = []
+            for req, t in zip(batch.reqs, firsts):
+                if getattr(req, "inflight_middle_chunks", 0) > 0:
+                    continue
+                prompt = list(req.origin_input_ids) + list(req.output_ids)
+                begins.append(wire.Begin(rid=req.rid, prompt=prompt, pending=int(t)))
+                self.synced[req.rid] = (-1, int(t))
+            if begins:
+                self.round += 1
+                self._send(wire.Step(round=self.round, begins=begins, reply=False))
+        new_seq_lens = batch.seq_lens.clone()
+        accept_tokens = torch.zeros(bs, self.n, dtype=torch.int32, device=self.device)
+        if bs:
+            accept_tokens[:, 0] = predict
+        if on_publish is not None:
+            on_publish(new_seq_lens)
+        return GenerationBatchResult(
+            logits_output=result.logits_output, next_token_ids=predict,
+            can_run_cuda_graph=result.can_run_cuda_graph,
+            accept_lens=torch.ones(bs, dtype=torch.int32, device=self.device),
+            new_seq_lens=new_seq_lens,
+            next_draft_input=NgramVerifyInput(draft_token_num=self.n, new_seq_lens=new_seq_lens,
+                                              accept_tokens=accept_tokens.flatten(),
+                                              accept_lens=torch.ones(bs, dtype=torch.int32, device=self.device)),
+            speculative_num_draft_tokens=self.n,
+        )
+
+    def _exchange(self, batch) -> tuple[list[list[int]], list[Optional[bool]], float]:
+        """One round with the draft: drafts per request, hit flags (None: no cache lookup)."""
+        reqs = batch.reqs
+        cur = {r.rid for r in reqs}
+        releases = [rid for rid in self.synced if rid not in cur]
+        for rid in releases:
+            del self.synced[rid]
+        seq_lens = batch.seq_lens_cpu.tolist() if batch.seq_lens_cpu is not None else batch.seq_lens.tolist()
+        begins, outcomes = [], []
+        for req, L in zip(reqs, seq_lens):
+            st = self.synced.get(req.rid)
+            if st is None:  # resync: whatever the draft knew of it is stale
+                releases.append(req.rid)
+                begins.append(wire.Begin(rid=req.rid, prompt=list(req.origin_input_ids) + list(req.output_ids[:-1]),
+                                         pending=int(req.output_ids[-1])))
+                st = (-1, int(req.output_ids[-1]))
+            outcomes.append(wire.Outcome(rid=req.rid, k=st[0], t_star=st[1], committed_len=int(L)))
+        self.round += 1
+        t0 = time.perf_counter()
+        reply = self._send(wire.Step(round=self.round, begins=begins, outcomes=outcomes, releases=releases))
+        wait = time.perf_counter() - t0
+        specs = {}
+        if reply is not None:
+            specs = {s.rid: s for s in reply.specs if len(s.tokens) == self.k}
+            for r in reply.refusals:
+                logger.warning("SSD draft refused request %s: %s", r.rid, r.reason)
+                self.stats.refusals += 1
+            self.stats.record_draft_times(reply.times.tree_s, reply.times.lookup_s)
+        else:
+            self.stats.draft_failures += 1
+        drafts, hits = [], []
+        for req, o in zip(reqs, outcomes):
+            s = specs.get(req.rid)
+            ok = s is not None and all(0 <= t < self.vocab_size for t in s.tokens)
+            if ok:
+                drafts.append(list(s.tokens))
+                hits.append(bool(s.hit) if o.k >= 0 else None)
+            else:  # refused, malformed or no answer: serve exactly with the fast backup
+                self.synced.pop(req.rid, None)
+                ctx = list(req.origin_input_ids) + list(req.output_ids)
+                drafts.append(ngram_propose(ctx, self.k))
+                hits.append(None)
+        return drafts, hits, wait
+
+    def _broadcast(self, t: torch.Tensor) -> torch.Tensor:
+        if self.tp_group is not None and self.tp_group.world_size > 1:
+            self.tp_group.broadcast(t, src=0)
+        return t
+
+    def _decode(self, batch: ScheduleBatch, on_publish) -> GenerationBatchResult:
+        bs = len(batch.reqs)
+        n, k = self.n, self.k
+        pending = [int(r.output_ids[-1]) if r.output_ids else int(r.origin_input_ids[-1]) for r in batch.reqs]
+        if self.tp_rank == 0:
+            drafts_l, hits, wait = self._exchange(batch)
+        else:
+            drafts_l, hits, wait = [[0] * k for _ in range(bs)], [None] * bs, 0.0
+        drafts = torch.tensor([[t] + d for t, d in zip(pending, drafts_l)], dtype=torch.int64)
+        drafts = self._broadcast(drafts.to(self.device))
+
+        self._prepare_verify(batch, drafts)
+        result = self.target_worker.forward_batch_generation(batch, is_verify=True)
+        logits_output = result.logits_output
+        logits = logits_output.next_token_logits
+
+        plain = torch.tensor([needs_plain_path(r) for r in batch.reqs], dtype=torch.bool, device=self.device)
+        plain_tokens = torch.zeros(bs, dtype=torch.int64, device=self.device)
+        if bool(plain.any()):
+            plain_tokens = self._sample_first_position(batch, logits)
+        res = accept_chain(drafts, logits, plain, plain_tokens)
+        if self.tp_group is not None and self.tp_group.world_size > 1:
+            packed = self._broadcast(torch.cat([res.tokens, res.accept_len.view(-1, 1)], dim=1).to(self.device))
+            res.tokens, res.accept_len = packed[:, :n].contiguous(), packed[:, n].contiguous()
+            res.k = (res.accept_len - 1).tolist()
+            res.t_star = [int(res.tokens[i, res.k[i]]) for i in range(bs)]
+
+        accept_lens = res.accept_len.to(self.device)
+        new_seq_lens = batch.seq_lens + accept_lens
+        for req, kk, ts in zip(batch.reqs, res.k, res.t_star):
+            if req.rid in self.synced or self.tp_rank != 0:
+                self.synced[req.rid] = (kk, ts)
+        self.stats.record_round(res.k, hits, wait, [bool(p) for p in plain.tolist()])
+        logits_output.customized_info = {
+            "ssd_accepted": list(res.k),
+            "ssd_hit": [(-1 if h is None else int(h)) for h in hits],
+        }
+        if batch.return_logprob:
+            self._spec_logprobs(batch, logits_output, res)
+        if on_publish is not None:
+            on_publish(new_seq_lens)
+        batch.forward_mode = ForwardMode.DECODE
+        accept_tokens = res.tokens.to(self.device).flatten()
+        return GenerationBatchResult(
+            logits_output=logits_output, next_token_ids=accept_tokens,
+            can_run_cuda_graph=result.can_run_cuda_graph, accept_lens=accept_lens,
+            new_seq_lens=new_seq_lens,
+            next_draft_input=NgramVerifyInput(draft_token_num=n, new_seq_lens=new_seq_lens,
+                                              accept_tokens=accept_tokens, accept_lens=accept_lens),
+            speculative_num_draft_tokens=n,
+        )
+
+    def _prepare_verify(self, batch: ScheduleBatch, drafts: torch.Tensor) -> None:
+        """Turn the decode batch into a TARGET_VERIFY forward over [t, x_1..x_K] per request."""
+        from sglang.kernels.ops.speculative.cache_locs import assign_extend_cache_locs_func
+
+        bs, n = drafts.shape
+        dev = self.device
+        seq_lens = batch.seq_lens
+        positions = (seq_lens.view(-1, 1).to(torch.int64) + torch.arange(n, device=dev).view(1, -1)).flatten()
+        ar = torch.arange(n, device=dev)
+        retrieve_index = (torch.arange(bs, device=dev).view(-1, 1) * n + ar.view(1, -1))
+        nxt = torch.where(ar < n - 1, ar + 1, torch.full_like(ar, -1)).view(1, -1).repeat(bs, 1)
+        sibling = torch.full((bs, n), -1, dtype=torch.int64, device=dev)
+        chain = torch.tril(torch.ones(n, n, dtype=torch.bool, device=dev))
+        if is_cpu():
+            mask = chain.flatten().repeat(bs)
+        else:
+            lens = batch.seq_lens_cpu.tolist() if batch.seq_lens_cpu is not None else seq_lens.tolist()
+            mask = torch.cat([
+                torch.cat([torch.ones(n, int(L), dtype=torch.bool, device=dev), chain], dim=1).flatten()
+                for L in lens
+            ])
+        batch.forward_mode = ForwardMode.TARGET_VERIFY
+        batch.input_ids = drafts.flatten()
+        batch.out_cache_loc = assign_extend_cache_locs_func(
+            req_pool_indices=batch.req_pool_indices,
+            req_to_token=batch.req_to_token_pool.req_to_token,
+            start_offset=seq_lens, end_offset=seq_lens + n, batch_size=bs,
+            draft_token_num=n, device=dev,
+        )
+        batch.spec_info = NgramVerifyInput(
+            draft_token=drafts.flatten(), custom_mask=mask, positions=positions,
+            retrieve_index=retrieve_index, retrieve_next_token=nxt, retrieve_next_sibling=sibling,
+            draft_token_num=n,
+        )
+
+    def _sample_first_position(self, batch: ScheduleBatch, logits: torch.Tensor) -> torch.Tensor:
+        """SGLang's own sampler on each request's first verify position: the plain next token."""
+        first = logits.view(len(batch.reqs), self.n, -1)[:, 0, :].clone()
+        out = LogitsProcessorOutput(next_token_logits=first)
+        info = batch.sampling_info
+        self.model_runner._preprocess_logits(out, info)
+        return self.model_runner.sampler(out, info, False, [], [], batch.seq_lens).to(torch.int64)
+
+    def _spec_logprobs(self, batch, logits_output, res) -> None:
+        from sglang.srt.layers.logprob_processor import compute_spec_logprobs
+
+        bs, n = res.tokens.shape
+        ar = torch.arange(n, device=self.device).view(1, -1)
+        base = torch.arange(bs, device=self.device).view(-1, 1) * n
+        accept_len = res.accept_len.to(self.device).view(-1, 1)
+        accept_index = torch.where(ar < accept_len, base + ar, torch.full_like(ar + base, -1)).to(torch.int32)
+        compute_spec_logprobs(batch, logits_output, res.tokens.to(self.device).flatten(), accept_index=accept_index)

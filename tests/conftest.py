@@ -1,0 +1,98 @@
+"""Shared fixtures: one set of tiny local models and one server per configuration per session.
+
+A CPU SGLang server takes ~20-40 s to start here, so servers are session-scoped and shared.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sglang_ssd.testing.tiny_models import make_pair_set
+
+K = 4
+SERVER_ARGS = ["--dtype", "float32", "--mem-fraction-static", "0.25", "--max-total-tokens", "32768",
+               "--max-running-requests", "16", "--sleep-on-idle",
+               "--log-level", "warning"]
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict:
+    root = os.environ.get("SGLANG_SSD_TEST_MODELS")
+    root = Path(root) if root else tmp_path_factory.mktemp("tiny_models")
+    return make_pair_set(root)
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory) -> Path:
+    d = os.environ.get("SGLANG_SSD_TEST_LOGS")
+    if d:
+        Path(d).mkdir(parents=True, exist_ok=True)
+        return Path(d)
+    return tmp_path_factory.mktemp("server_logs")
+
+
+class _Servers:
+    """Lazily started servers keyed by name, all stopped at session end."""
+
+    def __init__(self, models, log_dir):
+        self.models, self.log_dir, self.live = models, log_dir, {}
+
+    def get(self, name: str, draft: str | None = None, extra: list[str] = ()):
+        from sglang_ssd.testing.server import CPUServer
+
+        if name not in self.live:
+            args = list(SERVER_ARGS)
+            if draft is not None:
+                args += ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
+                         str(self.models[draft]), "--speculative-num-steps", str(K)]
+            args += list(extra)
+            self.live[name] = CPUServer(self.models["target"], args, log_path=str(self.log_dir / f"{name}.log"))
+        return self.live[name]
+
+    def stop_all(self):
+        for s in self.live.values():
+            s.stop()
+        self.live.clear()
+
+
+@pytest.fixture(scope="session")
+def servers(models, log_dir):
+    s = _Servers(models, log_dir)
+    yield s
+    s.stop_all()
+
+
+@pytest.fixture(scope="session")
+def hf_target(models):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(models["target"]), dtype=torch.float32).eval()
+
+
+def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """Hugging Face greedy decoding without EOS handling (the servers run with ignore_eos)."""
+    import torch
+
+    out, past, inp = [], None, torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(n):
+            res = model(inp, past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            t = int(res.logits[0, -1].argmax())
+            out.append(t)
+            inp = torch.tensor([[t]])
+    return out
