@@ -93,15 +93,15 @@ class SSDWorker(BaseSpecWorker):
         )
         ready = client.ready
         problem = None
-        if ready.vocab_size != self.vocab_size:
-            problem = (f"draft vocabulary size {ready.vocab_size} != target vocabulary size "
-                       f"{self.vocab_size}")
-        else:
-            from sglang_ssd.draft_process import tokenizer_digest
+        from sglang_ssd.draft_process import tokenizer_digest
 
-            mine = tokenizer_digest(server_args.tokenizer_path or server_args.model_path)
-            if mine and ready.tokenizer_digest and mine != ready.tokenizer_digest:
+        mine = tokenizer_digest(server_args.tokenizer_path or server_args.model_path)
+        if mine and ready.tokenizer_digest:
+            if mine != ready.tokenizer_digest:
                 problem = "draft and target tokenizers differ (SSD needs a shared vocabulary)"
+        elif ready.vocab_size != self.vocab_size:
+            problem = (f"draft vocabulary size {ready.vocab_size} != target vocabulary size "
+                       f"{self.vocab_size}, and no tokenizer to compare")
         if problem:
             client.close()
             raise ValueError(
