@@ -37,6 +37,7 @@ class SSDConfig:
     draft_threads: Optional[int] = None
     draft_kv_tokens: int = 65536
     draft_dtype: Optional[str] = None
+    saguaro_c: float = 1.0
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -76,6 +77,16 @@ def _positive_float(flag: str):
         return v
 
     return parse
+
+
+def _saguaro_c(text: str) -> float:
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"--ssd-saguaro-c={text!r}: not a number")
+    if not (0.0 < v <= 1.0):
+        raise argparse.ArgumentTypeError(f"--ssd-saguaro-c={text!r}: must be in (0, 1]")
+    return v
 
 
 def _fanout_list(text: str) -> list[int]:
@@ -151,6 +162,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                    help="torch threads in the draft process (CPU draft). Default: 1.")
     g.add_argument("--ssd-draft-kv-tokens", type=_int_in("--ssd-draft-kv-tokens", 256), default=65536,
                    help="KV slots in the draft process's pool (prefixes, glue and branch tokens).")
+    g.add_argument("--ssd-saguaro-c", type=_saguaro_c, default=1.0,
+                   help="Saguaro sampling for sampled requests: the draft scales its top (F_j+1) "
+                   "tokens at position j by C in (0, 1] (1 = off); lower C raises the cache hit "
+                   "rate at some cost in acceptance. Exactness does not depend on it.")
     g.add_argument("--ssd-draft-dtype", type=str, default=None,
                    help="Draft dtype: float32, float16 or bfloat16. Default: float32 on cpu, the "
                    "target's --dtype otherwise.")
@@ -170,6 +185,7 @@ def config_from_namespace(ns: argparse.Namespace) -> SSDConfig:
         draft_threads=getattr(ns, "ssd_draft_threads", None),
         draft_kv_tokens=getattr(ns, "ssd_draft_kv_tokens", 65536),
         draft_dtype=getattr(ns, "ssd_draft_dtype", None),
+        saguaro_c=getattr(ns, "ssd_saguaro_c", 1.0),
     )
     return cfg
 

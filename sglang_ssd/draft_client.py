@@ -34,7 +34,7 @@ class DraftClient:
     def __init__(self, *, model_path: str, k: int, fanout: list[int], backup: str,
                  backup_batch_threshold: int, device: str, dtype: str, kv_tokens: int,
                  threads: Optional[int], endpoint: Optional[str], timeout_s: float,
-                 start_timeout_s: float):
+                 start_timeout_s: float, saguaro_c: float = 1.0):
         self.timeout_s = timeout_s
         self._dir = None
         if endpoint is None:
@@ -48,7 +48,7 @@ class DraftClient:
         self._sock.bind(endpoint)
         conf = dict(endpoint=endpoint, model_path=model_path, k=k, fanout=fanout, backup=backup,
                     backup_batch_threshold=backup_batch_threshold, device=device, dtype=dtype,
-                    kv_tokens=kv_tokens, threads=threads)
+                    kv_tokens=kv_tokens, threads=threads, saguaro_c=saguaro_c)
         self.proc = subprocess.Popen([sys.executable, "-m", "sglang_ssd.draft_process", json.dumps(conf)])
         self.pid = self.proc.pid
         self._closed = False

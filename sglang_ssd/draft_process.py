@@ -64,7 +64,7 @@ def run(cfg: dict) -> int:
     try:
         model = DraftModel(cfg["model_path"], cfg["device"], cfg["dtype"], int(cfg["kv_tokens"]))
         spec = Speculator(model, int(cfg["k"]), list(cfg["fanout"]), cfg["backup"],
-                          int(cfg["backup_batch_threshold"]))
+                          int(cfg["backup_batch_threshold"]), float(cfg.get("saguaro_c", 1.0)))
         sock.send(wire.encode(wire.Ready(
             pid=os.getpid(), vocab_size=model.vocab_size, k=spec.k, fanout=spec.fanout,
             device=str(model.device), tokenizer_digest=tokenizer_digest(cfg["model_path"]),

@@ -48,3 +48,62 @@ def resolve_fanout(k: int, explicit: Optional[list[int]], budget: Optional[int],
         return [min(f, vocab_size - 1) for f in explicit]
     b = budget if budget is not None else 3 * (k + 1)
     return geometric_fanout(k, b, cap=vocab_size - 1)
+
+
+class FanoutEstimator:
+    """Measures a (per-token acceptance) and r (miss-rate power law) online, re-plans the schedule.
+
+    a: maximum-likelihood for the truncated geometric law of k, sum(k) / (sum(k) + #(k < K)).
+    r: from the rank of the true t* among the draft's candidates at its position (censored at
+       `depth`): the survival S(F) = P(rank >= F) is fitted as F^-r by least squares in log-log.
+    Both start from a prior worth `prior_weight` observations and decay old evidence.
+    """
+
+    def __init__(self, k: int, budget: int, cap: int, depth: int = 16, prior_weight: float = 32.0,
+                 decay: float = 0.995, replan_every: int = 64):
+        self.k, self.budget, self.cap, self.depth = k, budget, cap, depth
+        self.decay, self.replan_every = decay, replan_every
+        self.acc = PRIOR_ACCEPT * prior_weight * k  # accepted draft tokens
+        self.rej = (1 - PRIOR_ACCEPT) * prior_weight * k  # rejections
+        # prior ranks drawn from the prior power law: P(rank >= F) = F^-r
+        self.rank_hist = [0.0] * (depth + 1)
+        for f in range(1, depth + 1):
+            p = f ** -PRIOR_POWER - (f + 1) ** -PRIOR_POWER if f < depth else f ** -PRIOR_POWER
+            self.rank_hist[f - 1] = prior_weight * p
+        self.accept, self.power = PRIOR_ACCEPT, PRIOR_POWER
+        self.schedule = geometric_fanout(k, budget, self.accept, self.power, cap)
+        self._since = 0
+
+    def observe(self, k: int, rank: int | None) -> None:
+        """One verification outcome; rank of t* among its position's candidates (None: unknown)."""
+        d = self.decay
+        self.acc = self.acc * d + k
+        self.rej = self.rej * d + (1 if k < self.k else 0)
+        if rank is not None:
+            self.rank_hist = [h * d for h in self.rank_hist]
+            self.rank_hist[min(rank, self.depth)] += 1.0
+        self._since += 1
+        if self._since >= self.replan_every:
+            self._since = 0
+            self.replan()
+
+    def replan(self) -> list[int]:
+        import math
+
+        self.accept = self.acc / max(self.acc + self.rej, 1e-9)
+        total = sum(self.rank_hist)
+        xs, ys = [], []
+        tail = total
+        for f in range(1, self.depth + 1):
+            tail -= self.rank_hist[f - 1]  # mass with rank >= f
+            s = tail / total
+            if s > 1e-3:
+                xs.append(math.log(f))
+                ys.append(math.log(s))
+        if len(xs) >= 2:
+            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+            var = sum((x - mx) ** 2 for x in xs)
+            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var > 0 else -PRIOR_POWER
+            self.power = min(max(-slope, 0.05), 5.0)
+        self.schedule = geometric_fanout(self.k, self.budget, self.accept, self.power, self.cap)
+        return self.schedule

@@ -17,7 +17,9 @@ import torch
 from sglang_ssd.backup import ngram_propose
 from sglang_ssd.draft_model import DraftModel
 from sglang_ssd.forking import fork_candidates
-from sglang_ssd.wire import Begin, Outcome, Refusal, Spec
+from sglang_ssd.kernels.rejection import inverse_cdf, saguaro_rescale_ref
+from sglang_ssd.sampling import processed_probs, seeded_uniforms
+from sglang_ssd.wire import Begin, Outcome, Refusal, Sampling, Spec
 
 
 class RequestRefused(ValueError):
@@ -32,7 +34,9 @@ class DraftSeq:
     pending: int = 0
     spec: list[int] = field(default_factory=list)  # the speculation last sent for `pending`
     glue_slots: list[int] = field(default_factory=list)  # KV of [pending] + spec, once glued
-    cache: dict = field(default_factory=dict)  # (k, t*) -> next speculation
+    cache: dict = field(default_factory=dict)  # (k, t*) -> (tokens, q')
+    sampling: Optional[Sampling] = None  # None: greedy
+    spec_q: Optional[torch.Tensor] = None  # q' [K, V] the spec was drawn from (sampled only)
 
 
 @dataclass
@@ -42,14 +46,20 @@ class _Chain:
     context: list[int]
     first: int
     first_pos: int
+    sampling: Optional[Sampling] = None
     slots: list[int] = field(default_factory=list)
     out: list[int] = field(default_factory=list)
+    qs: list = field(default_factory=list)  # q' rows, sampled chains only
+
+    def q(self) -> Optional[torch.Tensor]:
+        return torch.stack(self.qs) if self.qs else None
 
 
 class Speculator:
     def __init__(self, model: DraftModel, k: int, fanout: list[int], backup: str,
-                 backup_batch_threshold: int):
+                 backup_batch_threshold: int, saguaro_c: float = 1.0):
         self.model = model
+        self.saguaro_c = saguaro_c
         self.k = k
         self.fanout = fanout
         self.backup = backup
@@ -76,13 +86,13 @@ class Speculator:
                 refusals.append(Refusal(rid=b.rid, reason=str(e)))
                 continue
             self.release([b.rid])
-            seq = DraftSeq(rid=b.rid, tokens=list(b.prompt), pending=b.pending)
+            seq = DraftSeq(rid=b.rid, tokens=list(b.prompt), pending=b.pending, sampling=b.sampling)
             self.seqs[b.rid] = seq
             fresh.append(seq)
         if fresh:
             self._ensure_kv(fresh)
-            for seq, toks in zip(fresh, self._neural([(s, s.pending) for s in fresh])):
-                seq.spec = toks
+            for seq, (toks, q) in zip(fresh, self._neural([(s, s.pending) for s in fresh])):
+                seq.spec, seq.spec_q = toks, q
         return refusals
 
     # ---- the round ---------------------------------------------------------------------
@@ -100,7 +110,7 @@ class Speculator:
                     if len(seq.tokens) != o.committed_len:
                         raise RequestRefused(f"committed length {o.committed_len} from the target, "
                                              f"draft has {len(seq.tokens)}")
-                    specs[o.rid] = Spec(rid=o.rid, hit=False, tokens=list(seq.spec))
+                    specs[o.rid] = _spec(seq, hit=False)
                     continue
                 self._commit(seq, o)
             except RequestRefused as e:
@@ -109,8 +119,8 @@ class Speculator:
                 continue
             hit = seq.cache.get((o.k, o.t_star))
             if hit is not None:
-                specs[o.rid] = Spec(rid=o.rid, hit=True, tokens=hit)
-                seq.spec = hit
+                seq.spec, seq.spec_q = hit
+                specs[o.rid] = _spec(seq, hit=True)
             else:
                 missed.append((seq, o.t_star))
             seq.cache = {}
@@ -119,13 +129,13 @@ class Speculator:
             use_fast = self.backup == "fast" or (
                 self.backup == "adaptive" and len(outcomes) >= self.backup_batch_threshold
             )
-            if use_fast:
-                drafts = [ngram_propose(s.tokens + [t], self.k) for s, t in missed]
+            if use_fast:  # deterministic proposals: no q' (the target treats them as one-hot)
+                drafts = [(ngram_propose(s.tokens + [t], self.k), None) for s, t in missed]
             else:
                 drafts = self._neural(missed)
-            for (seq, _), toks in zip(missed, drafts):
-                seq.spec = toks
-                specs[seq.rid] = Spec(rid=seq.rid, hit=False, tokens=toks)
+            for (seq, _), (toks, q) in zip(missed, drafts):
+                seq.spec, seq.spec_q = toks, q
+                specs[seq.rid] = _spec(seq, hit=False)
         backup_s = time.perf_counter() - t0
         ordered = [specs[o.rid] for o in outcomes if o.rid in specs]
         return ordered, refusals, backup_s
@@ -150,6 +160,7 @@ class Speculator:
         seq.glue_slots = []
         seq.tokens += accepted
         seq.pending = o.t_star
+        seq.spec_q = None
 
     def speculate(self) -> None:
         """Glue every live speculation, fork its likely outcomes and pre-draft them."""
@@ -173,11 +184,11 @@ class Speculator:
         for s, g in zip(seqs, logits):
             for j, c in fork_candidates(g, s.spec, self.fanout):
                 chains.append(_Chain(context=s.slots + s.glue_slots[: j + 1], first=c,
-                                     first_pos=len(s.tokens) + j + 1))
+                                     first_pos=len(s.tokens) + j + 1, sampling=s.sampling))
                 owners.append((s, j, c))
         self._run_chains(chains)
         for (s, j, c), ch in zip(owners, chains):
-            s.cache[(j, c)] = ch.out
+            s.cache[(j, c)] = (ch.out, ch.q())
         self.last_tree_s = time.perf_counter() - t0
 
     def drop_speculation(self) -> None:
@@ -188,6 +199,33 @@ class Speculator:
             s.cache = {}
 
     # ---- helpers -----------------------------------------------------------------------
+    def _propose(self, chains: list[_Chain], logits: torch.Tensor, step: int, fed: list[int]) -> list[int]:
+        """Greedy chains take the argmax; sampled ones draw from q' (Saguaro-rescaled q).
+
+        A sampled token's uniform is keyed by (its position, the chain's first token), so a
+        seeded request drafts the same tokens whether they come from the cache or the backup.
+        """
+        nxt = torch.argmax(logits, dim=-1).tolist()
+        rows = [i for i, c in enumerate(chains) if c.sampling is not None]
+        if not rows:
+            return nxt
+        sub = [chains[i] for i in rows]
+        q = processed_probs(
+            logits[rows],
+            torch.tensor([c.sampling.temperature for c in sub]),
+            torch.tensor([c.sampling.top_k for c in sub]),
+            torch.tensor([c.sampling.top_p for c in sub]),
+            torch.tensor([c.sampling.min_p for c in sub]),
+        )
+        fan = self.fanout[min(step, len(self.fanout) - 1)]
+        q = saguaro_rescale_ref(q, torch.full((len(sub),), fan + 1), self.saguaro_c)
+        u = torch.cat([seeded_uniforms(c.sampling.seed, (c.first_pos + step, c.first, 0), 1) for c in sub])
+        drawn = inverse_cdf(q, u).tolist()
+        for i, c, t, row in zip(rows, sub, drawn, q):
+            c.qs.append(row)
+            nxt[i] = t
+        return nxt
+
     def _check_ids(self, ids, rid) -> None:
         v = self.model.vocab_size
         for t in ids:
@@ -211,12 +249,13 @@ class Speculator:
         if toks:
             self.model.forward(toks, pos, write, vis)
 
-    def _neural(self, items: list[tuple[DraftSeq, int]]) -> list[list[int]]:
-        """Just-in-time drafting: K greedy steps from the true context (seq committed + t)."""
+    def _neural(self, items: list[tuple[DraftSeq, int]]) -> list[tuple[list[int], Optional[torch.Tensor]]]:
+        """Just-in-time drafting: K steps from the true context (seq committed + t)."""
         self._ensure_kv([s for s, _ in items])
-        chains = [_Chain(context=list(s.slots), first=t, first_pos=len(s.tokens)) for s, t in items]
+        chains = [_Chain(context=list(s.slots), first=t, first_pos=len(s.tokens), sampling=s.sampling)
+                  for s, t in items]
         self._run_chains(chains)
-        return [c.out for c in chains]
+        return [(c.out, c.q()) for c in chains]
 
     def _run_chains(self, chains: list[_Chain]) -> None:
         """K batched forwards; every chain's scratch KV is freed afterwards."""
@@ -234,10 +273,15 @@ class Speculator:
                     new,
                     [c.context + c.slots for c in chains],
                 )
-                nxt = torch.argmax(logits, dim=-1).tolist()
+                nxt = self._propose(chains, logits, step, cur)
                 for c, t in zip(chains, nxt):
                     c.out.append(t)
                 cur = nxt
         finally:
             for c in chains:
                 self.model.pool.free(c.slots)
+
+
+def _spec(seq: DraftSeq, hit: bool) -> Spec:
+    q = b"" if seq.spec_q is None else seq.spec_q.to(torch.float32).contiguous().numpy().tobytes()
+    return Spec(rid=seq.rid, hit=hit, tokens=list(seq.spec), q=q)

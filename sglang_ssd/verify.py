@@ -1,10 +1,11 @@
 """Target-side verification of a chain speculation [t, x_1..x_K]: which tokens to emit.
 
-Greedy requests accept while x_{i+1} == argmax p_i and emit argmax p_k at the first mismatch.
-Requests whose next token SGLang's sampler decides differently from a plain argmax (temperature
-> 0, penalties, logit bias, custom logit processors, min_new_tokens, grammars) are served by the
-exact plain path: nothing accepted, t* from SGLang's own sampler on the first position (exactly
-what the target alone would do).
+- Greedy requests accept while x_{i+1} == argmax p_i and emit argmax p_k at the first mismatch.
+- Sampled requests use lossless rejection sampling against the proposal q' the draft really
+  sampled from (kernels/rejection.py), with p formed exactly as SGLang's sampler forms it.
+- Requests whose next token depends on more than (temperature, top-k, top-p, min-p) -- penalties,
+  logit bias, custom logit processors, min_new_tokens, grammars -- are served by the exact plain
+  path: nothing accepted, t* from SGLang's own sampler on the first position.
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ class ChainResult:
 def needs_plain_path(req) -> bool:
     """True when emitting more than one token per round for `req` could change its output."""
     sp = req.sampling_params
-    greedy = sp.top_k == 1 or sp.temperature < 1e-6
     return (
-        not greedy
-        or sp.frequency_penalty != 0.0
+        sp.frequency_penalty != 0.0
         or sp.presence_penalty != 0.0
         or sp.repetition_penalty != 1.0
         or sp.min_new_tokens > 0
@@ -51,13 +50,29 @@ def accept_chain(drafts: torch.Tensor, logits: torch.Tensor, plain: torch.Tensor
     k = torch.where(plain, torch.zeros_like(k), k)
     t_star = pred.gather(1, k.view(-1, 1).long()).view(-1)
     t_star = torch.where(plain, plain_tokens.to(t_star.dtype), t_star)
+    return emitted_tokens(drafts, k, t_star)
+
+def accept_sampled(logits: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, params: dict,
+                   u_accept: torch.Tensor, u_residual: torch.Tensor, residual_q=None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """k, t* for sampled rows. logits [b, K+1, V]; drafts [b, K]; q [b, K, V] (one-hot rows for
+    deterministic proposals); params: temperature/top_k/top_p/min_p [b] tensors."""
+    from sglang_ssd.kernels.rejection import chain_accept_ref
+    from sglang_ssd.sampling import processed_probs
+
+    b, n, v = logits.shape
+    rep = {name: t.repeat_interleave(n) for name, t in params.items()}
+    p = processed_probs(logits.reshape(b * n, v), rep["temperature"], rep["top_k"], rep["top_p"],
+                        rep["min_p"]).view(b, n, v)
+    return chain_accept_ref(p, q, drafts, u_accept, u_residual, residual_q)
+
+
+def emitted_tokens(drafts: torch.Tensor, k: torch.Tensor, t_star: torch.Tensor) -> ChainResult:
+    """Rows of x_1..x_k, t*, zeros, from drafts [bs, K+1] = [t, x_1..x_K]."""
+    bs, n = drafts.shape
     ar = torch.arange(n, device=drafts.device).view(1, -1)
     shifted = torch.cat([drafts[:, 1:], torch.zeros_like(drafts[:, :1])], dim=1)
     tokens = torch.where(ar < k.view(-1, 1), shifted, torch.zeros_like(shifted))
     tokens = tokens.scatter(1, k.view(-1, 1).long(), t_star.view(-1, 1).to(tokens.dtype))
-    return ChainResult(
-        accept_len=(k + 1).to(torch.int32),
-        tokens=tokens.to(torch.int32),
-        k=k.tolist(),
-        t_star=t_star.tolist(),
-    )
+    return ChainResult(accept_len=(k + 1).to(torch.int32), tokens=tokens.to(torch.int32),
+                       k=k.tolist(), t_star=t_star.tolist())

@@ -17,12 +17,26 @@ class WireError(ValueError):
     """A message that does not decode to one of the declared types."""
 
 
+class Sampling(msgspec.Struct, frozen=True):
+    """A sampled request's parameters, so the draft proposes from the same processed q."""
+
+    temperature: float
+    top_k: int = -1
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: Optional[int] = None
+
+
 class Begin(msgspec.Struct, frozen=True):
-    """A request the target just prefilled: its prompt and the first token the target emitted."""
+    """A request the target just prefilled: its prompt and the first token the target emitted.
+
+    sampling is None for greedy requests (the draft then proposes argmax and ships no q').
+    """
 
     rid: str
     prompt: list[int]
     pending: int
+    sampling: Optional[Sampling] = None
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -47,9 +61,13 @@ class Step(msgspec.Struct, tag="step", frozen=True):
 
 
 class Spec(msgspec.Struct, frozen=True):
+    """The next speculation. q: for sampled requests the proposal q' the K tokens were drawn from,
+    raw little-endian float32 bytes of shape [K, V]; empty for greedy requests."""
+
     rid: str
     hit: bool
     tokens: list[int]
+    q: bytes = b""
 
 
 class Refusal(msgspec.Struct, frozen=True):

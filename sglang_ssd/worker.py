@@ -33,7 +33,8 @@ from sglang_ssd.backup import ngram_propose
 from sglang_ssd.config import get_config
 from sglang_ssd.draft_client import DraftClient
 from sglang_ssd.fanout import resolve_fanout
-from sglang_ssd.verify import accept_chain, needs_plain_path
+from sglang_ssd.sampling import is_greedy, seeded_uniforms
+from sglang_ssd.verify import accept_chain, accept_sampled, emitted_tokens, needs_plain_path
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class SSDWorker(BaseSpecWorker):
             dtype=dtype, kv_tokens=cfg.draft_kv_tokens,
             threads=cfg.draft_threads or (1 if device == "cpu" else None),
             endpoint=cfg.draft_endpoint, timeout_s=cfg.draft_timeout,
-            start_timeout_s=cfg.draft_start_timeout,
+            start_timeout_s=cfg.draft_start_timeout, saguaro_c=cfg.saguaro_c,
         )
         ready = client.ready
         problem = None
@@ -151,7 +152,8 @@ class SSDWorker(BaseSpecWorker):
                 if getattr(req, "inflight_middle_chunks", 0) > 0:
                     continue
                 prompt = list(req.origin_input_ids) + list(req.output_ids)
-                begins.append(wire.Begin(rid=req.rid, prompt=prompt, pending=int(t)))
+                begins.append(wire.Begin(rid=req.rid, prompt=prompt, pending=int(t),
+                                         sampling=_sampling_of(req)))
                 self.synced[req.rid] = (-1, int(t))
             if begins:
                 self.round += 1
@@ -173,8 +175,9 @@ class SSDWorker(BaseSpecWorker):
             speculative_num_draft_tokens=self.n,
         )
 
-    def _exchange(self, batch) -> tuple[list[list[int]], list[Optional[bool]], float]:
-        """One round with the draft: drafts per request, hit flags (None: no cache lookup)."""
+    def _exchange(self, batch):
+        """One round with the draft: drafts, proposals q' (None: deterministic), hit flags
+        (None: no cache lookup) per request, and the time spent waiting."""
         reqs = batch.reqs
         cur = {r.rid for r in reqs}
         releases = [rid for rid in self.synced if rid not in cur]
@@ -187,7 +190,7 @@ class SSDWorker(BaseSpecWorker):
             if st is None:  # resync: whatever the draft knew of it is stale
                 releases.append(req.rid)
                 begins.append(wire.Begin(rid=req.rid, prompt=list(req.origin_input_ids) + list(req.output_ids[:-1]),
-                                         pending=int(req.output_ids[-1])))
+                                         pending=int(req.output_ids[-1]), sampling=_sampling_of(req)))
                 st = (-1, int(req.output_ids[-1]))
             outcomes.append(wire.Outcome(rid=req.rid, k=st[0], t_star=st[1], committed_len=int(L)))
         self.round += 1
@@ -203,19 +206,40 @@ class SSDWorker(BaseSpecWorker):
             self.stats.record_draft_times(reply.times.tree_s, reply.times.lookup_s)
         else:
             self.stats.draft_failures += 1
-        drafts, hits = [], []
+        drafts, qs, hits = [], [], []
         for req, o in zip(reqs, outcomes):
             s = specs.get(req.rid)
             ok = s is not None and all(0 <= t < self.vocab_size for t in s.tokens)
+            q = None
+            if ok and s.q:
+                q = self._decode_q(s.q, s.tokens)
+                ok = q is not None
             if ok:
                 drafts.append(list(s.tokens))
+                qs.append(q)
                 hits.append(bool(s.hit) if o.k >= 0 else None)
             else:  # refused, malformed or no answer: serve exactly with the fast backup
                 self.synced.pop(req.rid, None)
                 ctx = list(req.origin_input_ids) + list(req.output_ids)
                 drafts.append(ngram_propose(ctx, self.k))
+                qs.append(None)
                 hits.append(None)
-        return drafts, hits, wait
+        return drafts, qs, hits, wait
+
+    def _decode_q(self, raw: bytes, tokens: list[int]) -> Optional[torch.Tensor]:
+        """q' [K, V] from the wire, or None if it is not a distribution the tokens came from."""
+        v = self.vocab_size
+        if len(raw) != self.k * v * 4 and len(raw) % (self.k * 4) != 0:
+            return None
+        q = torch.frombuffer(bytearray(raw), dtype=torch.float32).view(self.k, -1)
+        if q.shape[1] < v:  # a draft with a smaller (unpadded) vocabulary
+            q = torch.cat([q, q.new_zeros(self.k, v - q.shape[1])], dim=1)
+        q = q[:, :v]
+        if not bool(torch.isfinite(q).all()) or bool((q < 0).any()):
+            return None
+        if not bool((q.gather(1, torch.tensor(tokens).view(-1, 1)) > 0).all()):
+            return None
+        return q
 
     def _broadcast(self, t: torch.Tensor) -> torch.Tensor:
         if self.tp_group is not None and self.tp_group.world_size > 1:
@@ -227,9 +251,9 @@ class SSDWorker(BaseSpecWorker):
         n, k = self.n, self.k
         pending = [int(r.output_ids[-1]) if r.output_ids else int(r.origin_input_ids[-1]) for r in batch.reqs]
         if self.tp_rank == 0:
-            drafts_l, hits, wait = self._exchange(batch)
+            drafts_l, qs, hits, wait = self._exchange(batch)
         else:
-            drafts_l, hits, wait = [[0] * k for _ in range(bs)], [None] * bs, 0.0
+            drafts_l, qs, hits, wait = [[0] * k for _ in range(bs)], [None] * bs, [None] * bs, 0.0
         drafts = torch.tensor([[t] + d for t, d in zip(pending, drafts_l)], dtype=torch.int64)
         drafts = self._broadcast(drafts.to(self.device))
 
@@ -243,6 +267,9 @@ class SSDWorker(BaseSpecWorker):
         if bool(plain.any()):
             plain_tokens = self._sample_first_position(batch, logits)
         res = accept_chain(drafts, logits, plain, plain_tokens)
+        sampled = [i for i, r in enumerate(batch.reqs) if not plain[i] and _sampling_of(r) is not None]
+        if sampled:
+            res = self._accept_sampled(batch, drafts, logits, qs, sampled, res)
         if self.tp_group is not None and self.tp_group.world_size > 1:
             packed = self._broadcast(torch.cat([res.tokens, res.accept_len.view(-1, 1)], dim=1).to(self.device))
             res.tokens, res.accept_len = packed[:, :n].contiguous(), packed[:, n].contiguous()
@@ -273,6 +300,33 @@ class SSDWorker(BaseSpecWorker):
                                               accept_tokens=accept_tokens, accept_lens=accept_lens),
             speculative_num_draft_tokens=n,
         )
+
+    def _accept_sampled(self, batch, drafts, logits, qs, rows, res):
+        """Lossless rejection sampling for the sampled rows; the other rows keep `res`."""
+        n, k = self.n, self.k
+        v = logits.shape[-1]
+        lg = logits.view(len(batch.reqs), n, v)[rows].float()
+        d = drafts[rows, 1:].cpu()
+        q = torch.stack([
+            qs[i][:, :v] if qs[i] is not None else
+            torch.zeros(k, v).scatter_(1, d[j].view(-1, 1), 1.0)  # deterministic proposal: one-hot
+            for j, i in enumerate(rows)
+        ])
+        sps = [batch.reqs[i].sampling_params for i in rows]
+        params = {
+            "temperature": torch.tensor([sp.temperature for sp in sps]),
+            "top_k": torch.tensor([sp.top_k for sp in sps]),
+            "top_p": torch.tensor([sp.top_p for sp in sps]),
+            "min_p": torch.tensor([sp.min_p for sp in sps]),
+        }
+        pos = batch.seq_lens.tolist()
+        u = torch.stack([seeded_uniforms(sps[j].sampling_seed, (pos[i], 1), k + 1) for j, i in enumerate(rows)])
+        kk, ts = accept_sampled(lg.cpu(), d, q, params, u[:, :k], u[:, k])
+        k_all = torch.tensor(res.k)
+        t_all = torch.tensor(res.t_star)
+        k_all[rows] = kk
+        t_all[rows] = ts
+        return emitted_tokens(drafts.cpu(), k_all, t_all)
 
     def _prepare_verify(self, batch: ScheduleBatch, drafts: torch.Tensor) -> None:
         """Turn the decode batch into a TARGET_VERIFY forward over [t, x_1..x_K] per request."""
@@ -326,3 +380,12 @@ class SSDWorker(BaseSpecWorker):
         accept_len = res.accept_len.to(self.device).view(-1, 1)
         accept_index = torch.where(ar < accept_len, base + ar, torch.full_like(ar + base, -1)).to(torch.int32)
         compute_spec_logprobs(batch, logits_output, res.tokens.to(self.device).flatten(), accept_index=accept_index)
+
+
+def _sampling_of(req) -> Optional[wire.Sampling]:
+    """The draft-side view of a sampled request; None for greedy (and plain-path) requests."""
+    sp = req.sampling_params
+    if is_greedy(sp.temperature, sp.top_k) or needs_plain_path(req):
+        return None
+    return wire.Sampling(temperature=float(sp.temperature), top_k=int(sp.top_k), top_p=float(sp.top_p),
+                         min_p=float(sp.min_p), seed=sp.sampling_seed)

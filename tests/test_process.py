@@ -51,6 +51,7 @@ def test_killed_draft_loses_no_request(own_server, hf_target):
     assert own_server.ssd_stats()["draft_failures"] > 0
 
 
+@pytest.mark.slow
 def test_no_process_left_after_server_stops(models, log_dir):
     args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
                           str(models["draft_random"])]

@@ -1,0 +1,129 @@
+"""In-process SSD rounds for statistical tests: the real Speculator (draft side) and the real
+verification functions, with a Hugging Face target standing in for the SGLang scheduler.
+
+Many independent samples of the same prompt run as one batch of requests, so a test can draw
+thousands of continuations in seconds and compare their law with the exact target distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sglang_ssd import wire
+from sglang_ssd.sampling import processed_probs
+from sglang_ssd.verify import accept_sampled
+
+
+class TargetProbs:
+    """p(. | context) exactly as SGLang would sample, memoised per context."""
+
+    def __init__(self, model, temperature, top_k, top_p, min_p=0.0):
+        self.model, self.memo = model, {}
+        self.params = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+
+    def __call__(self, ctx) -> torch.Tensor:
+        key = tuple(ctx)
+        if key not in self.memo:
+            with torch.no_grad():
+                logits = self.model(torch.tensor([list(ctx)])).logits[0, -1:].float()
+            self.memo[key] = self._process(logits)[0]
+        return self.memo[key]
+
+    def logits_rows(self, ctxs):
+        """Logits-equivalent rows: log p, which processed_probs maps back to p (T=1, no cut)."""
+        return torch.stack([self(c) for c in ctxs])
+
+    def _process(self, logits):
+        r = logits.shape[0]
+        pr = self.params
+        return processed_probs(logits, torch.full((r,), pr["temperature"]), torch.full((r,), pr["top_k"]),
+                               torch.full((r,), pr["top_p"]), torch.full((r,), pr["min_p"]))
+
+    def exact(self, prompt, length):
+        """{sequence: probability} of the first `length` emitted tokens."""
+        out = {(): 1.0}
+        for _ in range(length):
+            nxt = {}
+            for seq, pr in out.items():
+                p = self(list(prompt) + list(seq))
+                for t in torch.nonzero(p > 0).view(-1).tolist():
+                    nxt[seq + (t,)] = pr * float(p[t])
+            out = nxt
+        return out
+
+
+def sample_ssd(spec, target: TargetProbs, prompt, n, length, *, seed=None, wrong_residual=False):
+    """n continuations of `length` tokens through SSD rounds; returns (sequences, hits, lookups)."""
+    k = spec.k
+    pr = target.params
+    samp = wire.Sampling(temperature=pr["temperature"], top_k=pr["top_k"], top_p=pr["top_p"],
+                         min_p=pr["min_p"], seed=seed)
+    p0 = target(prompt)
+    firsts = torch.multinomial(p0.expand(n, -1), 1).view(-1).tolist()
+    rids = [f"s{i}" for i in range(n)]
+    out = {r: [t] for r, t in zip(rids, firsts)}
+    spec.begin([wire.Begin(rid=r, prompt=list(prompt), pending=t, sampling=samp) for r, t in zip(rids, firsts)])
+    state = {r: (-1, t) for r, t in zip(rids, firsts)}
+    hits = lookups = 0
+    live = list(rids)
+    while live:
+        outcomes = [wire.Outcome(rid=r, k=state[r][0], t_star=state[r][1],
+                                 committed_len=len(prompt) + len(out[r]) - 1) for r in live]
+        specs, refusals, _ = spec.lookup(outcomes)
+        assert not refusals, refusals
+        by = {s.rid: s for s in specs}
+        ctxs, drafts, qs = [], [], []
+        for r in live:
+            s = by[r]
+            if state[r][0] >= 0:
+                lookups += 1
+                hits += int(s.hit)
+            base = list(prompt) + out[r]
+            ctxs.append([base + s.tokens[:i] for i in range(k + 1)])
+            drafts.append(s.tokens)
+            if s.q:
+                qs.append(torch.frombuffer(bytearray(s.q), dtype=torch.float32).view(k, -1))
+            else:
+                qs.append(torch.zeros(k, p0.shape[0]).scatter_(1, torch.tensor(s.tokens).view(-1, 1), 1.0))
+        p_rows = torch.stack([torch.stack([target(c) for c in cs]) for cs in ctxs])  # [b, K+1, V]
+        # Feed log p with neutral parameters: accept_sampled's processing then returns p itself.
+        b = len(live)
+        neutral = {"temperature": torch.ones(b), "top_k": torch.full((b,), -1),
+                   "top_p": torch.ones(b), "min_p": torch.zeros(b)}
+        u = torch.rand(b, k + 1)
+        logp = torch.where(p_rows > 0, torch.log(p_rows.clamp_min(1e-38)), torch.full_like(p_rows, -1e30))
+        kk, ts = accept_sampled(logp,
+                                torch.tensor(drafts), torch.stack(qs), neutral, u[:, :k], u[:, k],
+                                torch.zeros_like(torch.stack(qs)) if wrong_residual else None)
+        nxt_live = []
+        for r, d, a, t in zip(live, drafts, kk.tolist(), ts.tolist()):
+            out[r] += d[:a] + [t]
+            state[r] = (a, t)
+            if len(out[r]) < length:
+                nxt_live.append(r)
+        spec.release([r for r in live if r not in nxt_live])
+        live = nxt_live
+        spec.speculate()
+    return [tuple(out[r][:length]) for r in rids], hits, lookups
+
+
+def chi_square(samples, exact, alpha=1e-4):
+    """(statistic, critical value) pooling cells with expected count < 5 into one."""
+    from scipy.stats import chi2
+
+    n = len(samples)
+    counts = {}
+    for s in samples:
+        counts[s] = counts.get(s, 0) + 1
+    assert set(counts) <= set(exact), f"impossible sequences sampled: {set(counts) - set(exact)}"
+    big = [c for c, p in exact.items() if n * p >= 5]
+    stat = sum((counts.get(c, 0) - n * exact[c]) ** 2 / (n * exact[c]) for c in big)
+    dof = len(big) - 1
+    rest_e = n * sum(p for c, p in exact.items() if c not in big)
+    if rest_e > 0:
+        rest_o = sum(v for c, v in counts.items() if c not in big)
+        stat += (rest_o - rest_e) ** 2 / rest_e
+        dof += 1
+    return stat, float(chi2.ppf(1 - alpha, max(dof, 1)))
+
+

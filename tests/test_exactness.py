@@ -1,0 +1,111 @@
+"""SSD with sampling is exact: the law of SSD's outputs equals the target's, for every setting.
+
+A small-vocabulary target (V = 40) makes the exact distribution of the first 5 emitted tokens
+enumerable. Each case draws N = 1500 continuations through real SSD rounds (Speculator + the
+worker's verification functions) and runs two chi-square tests, on the first three tokens and on
+tokens 4-5 (which come from cache hits and backups of later rounds), each at the 1 - 5e-5
+quantile: a correct implementation fails a case with probability <= 1e-4.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssd_sim import TargetProbs, chi_square, sample_ssd
+
+V = 40
+N = 1500
+LENGTH = 5
+K = 2
+PROMPT = [3, 7, 11, 5]
+STD = 0.08  # flat enough that every case has several likely tokens per position
+
+
+def _make(path: Path, seed: int, std: float):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if not (path / "config.json").exists():
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                          initializer_range=std, tie_word_embeddings=False)
+        LlamaForCausalLM(cfg).save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small_vocab")
+    return {"target": _make(root / "target", 11, STD), "other": _make(root / "other", 12, STD)}
+
+
+@pytest.fixture(scope="module")
+def hf(small):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(small["target"]), dtype=torch.float32).eval()
+
+
+def _speculator(path, c, backup, fanout=(2, 2, 2)):
+    from sglang_ssd.draft_model import DraftModel
+    from sglang_ssd.speculator import Speculator
+
+    return Speculator(DraftModel(str(path), "cpu", "float32", 1 << 16), K, list(fanout), backup, 8, c)
+
+
+def _project(exact, sl):
+    out = {}
+    for seq, p in exact.items():
+        out[seq[sl]] = out.get(seq[sl], 0.0) + p
+    return out
+
+
+CASES = [
+    # draft, C, temperature, top_k, top_p, backup
+    ("target", 1.0, 1.0, 4, 1.0, "neural"),
+    ("target", 0.3, 1.0, 5, 1.0, "neural"),
+    ("target", 0.05, 0.6, 6, 0.8, "neural"),
+    ("target", 0.3, 1.5, 4, 0.9, "fast"),
+    ("other", 1.0, 1.0, 4, 1.0, "neural"),
+    ("other", 0.05, 1.5, 4, 1.0, "fast"),
+    ("other", 0.3, 0.6, 6, 0.7, "adaptive"),
+    ("target", 0.05, 1.0, 3, 1.0, "adaptive"),
+]
+
+
+@pytest.mark.parametrize("draft,c,temp,top_k,top_p,backup", CASES)
+def test_ssd_sampling_matches_target_law(small, hf, draft, c, temp, top_k, top_p, backup):
+    target = TargetProbs(hf, temp, top_k, top_p)
+    exact = target.exact(PROMPT, LENGTH)
+    spec = _speculator(small[draft], c, backup)
+    samples, hits, lookups = sample_ssd(spec, target, PROMPT, N, LENGTH)
+    for sl in (slice(0, 3), slice(3, 5)):
+        stat, crit = chi_square([x[sl] for x in samples], _project(exact, sl), alpha=5e-5)
+        assert stat < crit, f"tokens {sl}: chi2={stat:.1f} >= {crit:.1f}"
+    if draft == "target" and backup != "fast":
+        assert hits > 0  # the cached path is exercised, not only the backup
+    assert spec.model.pool.num_used == 0  # every finished request released its KV
+
+
+def test_wrong_acceptance_rule_is_caught(small, hf):
+    """Resampling a rejection from p instead of norm(max(0, p - q')) must fail the same test."""
+    target = TargetProbs(hf, 1.0, 4, 1.0)
+    exact = target.exact(PROMPT, LENGTH)
+    spec = _speculator(small["target"], 0.05, "neural")
+    samples, _, _ = sample_ssd(spec, target, PROMPT, 2 * N, LENGTH, wrong_residual=True)
+    stat, crit = chi_square([x[1:3] for x in samples], _project(exact, slice(1, 3)))
+    print(f"wrong rule: chi2={stat:.1f}, critical {crit:.1f}")
+    assert stat > crit, f"the wrong rule went unnoticed: chi2={stat:.1f} < {crit:.1f}"
+
+
+def test_saguaro_raises_hit_rate(small, hf):
+    target = TargetProbs(hf, 1.0, 6, 1.0)
+    rates = {}
+    for c in (1.0, 0.05):
+        _, hits, lookups = sample_ssd(_speculator(small["target"], c, "neural", (1, 1, 1)), target, PROMPT,
+                                      400, 8)
+        rates[c] = hits / max(lookups, 1)
+    assert rates[0.05] > rates[1.0]
