@@ -32,7 +32,7 @@ class SSDConfig:
     draft_device: Optional[str] = None
     draft_endpoint: Optional[str] = None
     allow_remote_draft: bool = False
-    draft_timeout: float = 60.0
+    draft_timeout: float = 10.0  # seconds
     draft_start_timeout: float = 600.0
     draft_threads: Optional[int] = None
     draft_kv_tokens: int = 65536
@@ -153,9 +153,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                    "--ssd-allow-remote-draft.")
     g.add_argument("--ssd-allow-remote-draft", action="store_true",
                    help="Allow a non-loopback tcp:// --ssd-draft-endpoint.")
-    g.add_argument("--ssd-draft-timeout", type=_positive_float("--ssd-draft-timeout"), default=60.0,
-                   help="Seconds to wait for the draft's answer in a round before serving that "
-                   "round without speculation.")
+    g.add_argument("--ssd-draft-timeout-ms", type=_positive_float("--ssd-draft-timeout-ms"),
+                   default=10000.0, help="Milliseconds to wait for the draft's answer in a round; "
+                   "past it the round is served without the draft, which is restarted with backoff.")
     g.add_argument("--ssd-draft-start-timeout", type=_positive_float("--ssd-draft-start-timeout"),
                    default=600.0, help="Seconds to wait for the draft process to load its model.")
     g.add_argument("--ssd-draft-threads", type=_int_in("--ssd-draft-threads", 1, 1024), default=None,
@@ -180,7 +180,7 @@ def config_from_namespace(ns: argparse.Namespace) -> SSDConfig:
         draft_device=getattr(ns, "ssd_draft_device", None),
         draft_endpoint=getattr(ns, "ssd_draft_endpoint", None),
         allow_remote_draft=bool(getattr(ns, "ssd_allow_remote_draft", False)),
-        draft_timeout=getattr(ns, "ssd_draft_timeout", 60.0),
+        draft_timeout=getattr(ns, "ssd_draft_timeout_ms", 10000.0) / 1000.0,
         draft_start_timeout=getattr(ns, "ssd_draft_start_timeout", 600.0),
         draft_threads=getattr(ns, "ssd_draft_threads", None),
         draft_kv_tokens=getattr(ns, "ssd_draft_kv_tokens", 65536),

@@ -9,7 +9,6 @@ told something it cannot decode twice in a row (a broken peer), never on one bad
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import logging
 import os
@@ -22,23 +21,13 @@ import zmq
 
 from sglang_ssd import wire
 from sglang_ssd.draft_model import DraftModel, PoolFullError
+from sglang_ssd.fanout import FanoutEstimator
 from sglang_ssd.speculator import Speculator
+from sglang_ssd.vocab import tokenizer_digest
 
 logger = logging.getLogger("sglang_ssd.draft")
 
 PARENT_POLL_MS = 500
-
-
-def tokenizer_digest(path: str):
-    """A digest of a tokenizer's vocabulary, to refuse a draft whose tokens mean something else."""
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(path)
-    except Exception:
-        return None
-    items = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
 
 def _die_with_parent() -> None:
@@ -63,10 +52,15 @@ def run(cfg: dict) -> int:
     sock.connect(cfg["endpoint"])
     try:
         model = DraftModel(cfg["model_path"], cfg["device"], cfg["dtype"], int(cfg["kv_tokens"]))
-        spec = Speculator(model, int(cfg["k"]), list(cfg["fanout"]), cfg["backup"],
-                          int(cfg["backup_batch_threshold"]), float(cfg.get("saguaro_c", 1.0)))
+        k = int(cfg["k"])
+        estimator = None
+        if cfg.get("fanout_budget"):  # no explicit list: plan the schedule online
+            estimator = FanoutEstimator(k, int(cfg["fanout_budget"]), cap=model.vocab_size - 1)
+        spec = Speculator(model, k, list(cfg["fanout"]), cfg["backup"],
+                          int(cfg["backup_batch_threshold"]), float(cfg.get("saguaro_c", 1.0)),
+                          estimator)
         sock.send(wire.encode(wire.Ready(
-            pid=os.getpid(), vocab_size=model.vocab_size, k=spec.k, fanout=spec.fanout,
+            protocol=wire.PROTOCOL_VERSION, pid=os.getpid(), vocab_size=model.vocab_size, k=spec.k, fanout=spec.fanout,
             device=str(model.device), tokenizer_digest=tokenizer_digest(cfg["model_path"]),
         )))
     except Exception as e:
@@ -105,6 +99,7 @@ def run(cfg: dict) -> int:
                 round=msg.round, specs=specs, refusals=refusals + more,
                 times=wire.DraftTimes(tree_s=spec.last_tree_s,
                                       lookup_s=time.perf_counter() - t0, backup_s=backup_s),
+                plan=spec.plan(),
             )))
         try:
             spec.speculate()

@@ -65,11 +65,13 @@ class FanoutEstimator:
         self.decay, self.replan_every = decay, replan_every
         self.acc = PRIOR_ACCEPT * prior_weight * k  # accepted draft tokens
         self.rej = (1 - PRIOR_ACCEPT) * prior_weight * k  # rejections
-        # prior ranks drawn from the prior power law: P(rank >= F) = F^-r
-        self.rank_hist = [0.0] * (depth + 1)
-        for f in range(1, depth + 1):
-            p = f ** -PRIOR_POWER - (f + 1) ** -PRIOR_POWER if f < depth else f ** -PRIOR_POWER
-            self.rank_hist[f - 1] = prior_weight * p
+        # Prior ranks (0-based; `depth` = not among the candidates) from S(F) = P(rank >= F) =
+        # 0.5 F^-r for F >= 1.
+        def surv(f):
+            return 1.0 if f == 0 else 0.5 * f ** -PRIOR_POWER
+
+        self.rank_hist = [prior_weight * (surv(f) - surv(f + 1)) for f in range(depth)]
+        self.rank_hist.append(prior_weight * surv(depth))
         self.accept, self.power = PRIOR_ACCEPT, PRIOR_POWER
         self.schedule = geometric_fanout(k, budget, self.accept, self.power, cap)
         self._since = 0

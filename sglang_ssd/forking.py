@@ -10,17 +10,22 @@ from __future__ import annotations
 import torch
 
 
-def fork_candidates(glue_logits: torch.Tensor, spec: list[int], fanout: list[int]) -> list[tuple[int, int]]:
-    """(j, c) pairs for one request; glue_logits is [K+1, V] (after t, x_1..x_j)."""
+def ranked_candidates(glue_logits: torch.Tensor, spec: list[int], depth: list[int]) -> list[list[int]]:
+    """Per position j, the draft's best `depth[j]` candidates for t* (rejected token excluded).
+
+    glue_logits is [K+1, V] (the distributions after t, x_1..x_j).
+    """
     k = len(spec)
-    assert glue_logits.shape[0] == k + 1 and len(fanout) == k + 1
-    width = min(max(fanout) + 1, glue_logits.shape[1])
+    assert glue_logits.shape[0] == k + 1 and len(depth) == k + 1
+    width = min(max(depth) + 1, glue_logits.shape[1])
     top = torch.topk(glue_logits, width, dim=-1).indices.tolist()
-    out: list[tuple[int, int]] = []
+    out = []
     for j in range(k + 1):
-        if fanout[j] <= 0:
-            continue
         rejected = spec[j] if j < k else None
-        picks = [c for c in top[j] if c != rejected][: fanout[j]]
-        out.extend((j, c) for c in picks)
+        out.append([c for c in top[j] if c != rejected][: depth[j]])
     return out
+
+
+def fork_candidates(glue_logits: torch.Tensor, spec: list[int], fanout: list[int]) -> list[tuple[int, int]]:
+    """(j, c) pairs for one request, F_j of them at position j."""
+    return [(j, c) for j, cands in enumerate(ranked_candidates(glue_logits, spec, fanout)) for c in cands]

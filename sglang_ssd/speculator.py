@@ -16,10 +16,11 @@ import torch
 
 from sglang_ssd.backup import ngram_propose
 from sglang_ssd.draft_model import DraftModel
-from sglang_ssd.forking import fork_candidates
+from sglang_ssd.fanout import FanoutEstimator
+from sglang_ssd.forking import ranked_candidates
 from sglang_ssd.kernels.rejection import inverse_cdf, saguaro_rescale_ref
 from sglang_ssd.sampling import processed_probs, seeded_uniforms
-from sglang_ssd.wire import Begin, Outcome, Refusal, Sampling, Spec
+from sglang_ssd.wire import Begin, Outcome, Plan, Refusal, Sampling, Spec
 
 
 class RequestRefused(ValueError):
@@ -37,6 +38,7 @@ class DraftSeq:
     cache: dict = field(default_factory=dict)  # (k, t*) -> (tokens, q')
     sampling: Optional[Sampling] = None  # None: greedy
     spec_q: Optional[torch.Tensor] = None  # q' [K, V] the spec was drawn from (sampled only)
+    ranked: list = field(default_factory=list)  # per glue position: the draft's ranked candidates
 
 
 @dataclass
@@ -57,9 +59,11 @@ class _Chain:
 
 class Speculator:
     def __init__(self, model: DraftModel, k: int, fanout: list[int], backup: str,
-                 backup_batch_threshold: int, saguaro_c: float = 1.0):
+                 backup_batch_threshold: int, saguaro_c: float = 1.0,
+                 estimator: Optional[FanoutEstimator] = None):
         self.model = model
         self.saguaro_c = saguaro_c
+        self.estimator = estimator  # None: a fixed (user-given) schedule
         self.k = k
         self.fanout = fanout
         self.backup = backup
@@ -117,6 +121,7 @@ class Speculator:
                 refusals.append(Refusal(rid=o.rid, reason=str(e)))
                 self.release([o.rid])
                 continue
+            self._observe(seq, o)
             hit = seq.cache.get((o.k, o.t_star))
             if hit is not None:
                 seq.spec, seq.spec_q = hit
@@ -181,11 +186,16 @@ class Speculator:
                 vis.append(s.slots + s.glue_slots[: i + 1])
         logits = self.model.forward(toks, pos, write, vis).view(len(seqs), k + 1, -1)
         chains, owners = [], []
+        depth = self.estimator.depth if self.estimator is not None else 0
         for s, g in zip(seqs, logits):
-            for j, c in fork_candidates(g, s.spec, self.fanout):
-                chains.append(_Chain(context=s.slots + s.glue_slots[: j + 1], first=c,
-                                     first_pos=len(s.tokens) + j + 1, sampling=s.sampling))
-                owners.append((s, j, c))
+            ranked = ranked_candidates(g, s.spec, [max(f, depth) for f in self.fanout])
+            if depth:
+                s.ranked = ranked
+            for j, cands in enumerate(ranked):
+                for c in cands[: self.fanout[j]]:
+                    chains.append(_Chain(context=s.slots + s.glue_slots[: j + 1], first=c,
+                                         first_pos=len(s.tokens) + j + 1, sampling=s.sampling))
+                    owners.append((s, j, c))
         self._run_chains(chains)
         for (s, j, c), ch in zip(owners, chains):
             s.cache[(j, c)] = (ch.out, ch.q())
@@ -197,6 +207,20 @@ class Speculator:
             self.model.pool.free(s.glue_slots)
             s.glue_slots = []
             s.cache = {}
+
+    def plan(self) -> Plan:
+        e = self.estimator
+        return Plan(fanout=list(self.fanout), accept_rate=e.accept if e else 0.0, power=e.power if e else 0.0)
+
+    def _observe(self, seq: DraftSeq, o: Outcome) -> None:
+        """Feed the fan-out estimator with this outcome and the rank of t* among the forks."""
+        if self.estimator is None or not seq.ranked:
+            return
+        cands = seq.ranked[o.k]
+        rank = cands.index(o.t_star) if o.t_star in cands else self.estimator.depth
+        self.estimator.observe(o.k, rank)
+        self.fanout = self.estimator.schedule
+        seq.ranked = []
 
     # ---- helpers -----------------------------------------------------------------------
     def _propose(self, chains: list[_Chain], logits: torch.Tensor, step: int, fed: list[int]) -> list[int]:

@@ -19,10 +19,13 @@ class SSDStats:
     draft_wait_s: float = 0.0  # worker time blocked on the draft's answer
     draft_tree_s: float = 0.0  # draft time spent pre-drafting (glue + tree)
     draft_lookup_s: float = 0.0
-    draft_failures: int = 0
+    draft_failures: int = 0  # decode steps served without the draft (dead, late, restarting)
+    draft_restarts: int = 0
     refusals: int = 0
     draft_pid: Optional[int] = None
-    fanout: list = field(default_factory=list)
+    fanout: list = field(default_factory=list)  # the live schedule F_0..F_K
+    accept_rate_est: Optional[float] = None  # the draft's online estimates behind it
+    power_est: Optional[float] = None
 
     def record_round(self, ks, hits, wait_s, plain) -> None:
         self.steps += 1
@@ -42,6 +45,12 @@ class SSDStats:
     def record_draft_times(self, tree_s: float, lookup_s: float) -> None:
         self.draft_tree_s += tree_s
         self.draft_lookup_s += lookup_s
+
+    def record_plan(self, fanout, accept_rate: float, power: float) -> None:
+        if fanout:
+            self.fanout = list(fanout)
+        if power > 0:
+            self.accept_rate_est, self.power_est = accept_rate, power
 
     def snapshot(self) -> dict:
         d = dict(self.__dict__)

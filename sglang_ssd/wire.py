@@ -13,6 +13,9 @@ from typing import Optional, Union
 import msgspec
 
 
+PROTOCOL_VERSION = 1
+
+
 class WireError(ValueError):
     """A message that does not decode to one of the declared types."""
 
@@ -83,14 +86,26 @@ class DraftTimes(msgspec.Struct, frozen=True):
     backup_s: float = 0.0
 
 
+class Plan(msgspec.Struct, frozen=True):
+    """The live fan-out schedule and the online estimates it came from."""
+
+    fanout: list[int] = []
+    accept_rate: float = 0.0
+    power: float = 0.0
+
+
 class StepReply(msgspec.Struct, tag="reply", frozen=True):
     round: int
     specs: list[Spec] = []
     refusals: list[Refusal] = []
     times: DraftTimes = DraftTimes()
+    plan: Plan = Plan()
 
 
 class Ready(msgspec.Struct, tag="ready", frozen=True):
+    """The draft's handshake: protocol version and the identity of its vocabulary."""
+
+    protocol: int
     pid: int
     vocab_size: int
     k: int

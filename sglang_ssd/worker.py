@@ -31,7 +31,8 @@ from sglang_ssd import stats as ssd_stats
 from sglang_ssd import wire
 from sglang_ssd.backup import ngram_propose
 from sglang_ssd.config import get_config
-from sglang_ssd.draft_client import DraftClient
+from sglang_ssd.draft_client import DraftClient, DraftStartError
+from sglang_ssd.vocab import tokenizer_digest
 from sglang_ssd.fanout import resolve_fanout
 from sglang_ssd.sampling import is_greedy, seeded_uniforms
 from sglang_ssd.verify import accept_chain, accept_sampled, emitted_tokens, needs_plain_path
@@ -69,6 +70,7 @@ class SSDWorker(BaseSpecWorker):
         self.fanout = resolve_fanout(self.k, self.cfg.fanout, self.cfg.fanout_budget, self.vocab_size)
         self.synced: dict[str, tuple[int, int]] = {}  # rid -> outcome of its last round
         self.round = 0
+        self._generation = 0  # draft process generation the synced states belong to
         self.client: Optional[DraftClient] = None
         if self.tp_rank == 0:
             self.client = self._start_draft(server_args, gpu_id)
@@ -84,30 +86,38 @@ class SSDWorker(BaseSpecWorker):
             dtype = "float32"
         else:
             dtype = server_args.dtype if server_args.dtype in ("float16", "bfloat16", "float32") else "bfloat16"
-        client = DraftClient(
-            model_path=server_args.speculative_draft_model_path, k=self.k, fanout=self.fanout,
-            backup=cfg.backup, backup_batch_threshold=cfg.backup_batch_threshold, device=device,
-            dtype=dtype, kv_tokens=cfg.draft_kv_tokens,
-            threads=cfg.draft_threads or (1 if device == "cpu" else None),
-            endpoint=cfg.draft_endpoint, timeout_s=cfg.draft_timeout,
-            start_timeout_s=cfg.draft_start_timeout, saguaro_c=cfg.saguaro_c,
-        )
-        ready = client.ready
-        problem = None
-        from sglang_ssd.draft_process import tokenizer_digest
+        target_tok = server_args.tokenizer_path or server_args.model_path
+        mine = tokenizer_digest(target_tok)
+        draft_path = server_args.speculative_draft_model_path
 
-        mine = tokenizer_digest(server_args.tokenizer_path or server_args.model_path)
-        if mine and ready.tokenizer_digest:
-            if mine != ready.tokenizer_digest:
-                problem = "draft and target tokenizers differ (SSD needs a shared vocabulary)"
-        elif ready.vocab_size != self.vocab_size:
-            problem = (f"draft vocabulary size {ready.vocab_size} != target vocabulary size "
-                       f"{self.vocab_size}, and no tokenizer to compare")
-        if problem:
-            client.close()
-            raise ValueError(
-                f"--speculative-draft-model-path={server_args.speculative_draft_model_path!r}: {problem}"
+        def check_ready(ready: wire.Ready) -> Optional[str]:
+            """A draft whose vocabulary means something else is refused, naming both sides."""
+            if mine and ready.tokenizer_digest:
+                if mine != ready.tokenizer_digest:
+                    return (f"--speculative-draft-model-path={draft_path!r}: the draft's tokenizer "
+                            f"(vocabulary digest {ready.tokenizer_digest[:12]}, {ready.vocab_size} ids) "
+                            f"differs from the target's {target_tok!r} ({mine[:12]}, {self.vocab_size} "
+                            "ids); SSD needs a "
+                            "shared vocabulary")
+            elif ready.vocab_size != self.vocab_size:
+                return (f"--speculative-draft-model-path={draft_path!r}: draft vocabulary size "
+                        f"{ready.vocab_size} != target vocabulary size {self.vocab_size}")
+            return None
+
+        try:
+            client = DraftClient(
+                model_path=draft_path, k=self.k, fanout=self.fanout,
+                backup=cfg.backup, backup_batch_threshold=cfg.backup_batch_threshold, device=device,
+                dtype=dtype, kv_tokens=cfg.draft_kv_tokens,
+                threads=cfg.draft_threads or (1 if device == "cpu" else None),
+                endpoint=cfg.draft_endpoint, timeout_s=cfg.draft_timeout,
+                start_timeout_s=cfg.draft_start_timeout, saguaro_c=cfg.saguaro_c,
+                fanout_budget=None if cfg.fanout is not None else sum(self.fanout),
+                check_ready=check_ready,
             )
+        except DraftStartError as e:
+            raise ValueError(str(e)) from None
+        ready = client.ready
         self.stats.draft_pid = ready.pid
         self.stats.fanout = list(ready.fanout)
         logger.info("SSD draft process %d ready on %s (K=%d, fan-out %s)", ready.pid, ready.device,
@@ -132,7 +142,15 @@ class SSDWorker(BaseSpecWorker):
         pass
 
     def _send(self, msg: wire.Step) -> Optional[wire.StepReply]:
-        return self.client.step(msg) if self.client is not None else None
+        if self.client is None:
+            return None
+        reply = self.client.step(msg)
+        if self.client.generation != self._generation:  # a restarted draft knows no request
+            self._generation = self.client.generation
+            self.stats.draft_restarts = self.client.restarts
+            self.stats.draft_pid = self.client.pid
+            self.synced.clear()
+        return reply
 
     # ---- the scheduler's entry point ------------------------------------------------------
     def forward_batch_generation(self, batch: ScheduleBatch, on_publish=None, grammar_barrier=None,
@@ -204,6 +222,7 @@ class SSDWorker(BaseSpecWorker):
                 logger.warning("SSD draft refused request %s: %s", r.rid, r.reason)
                 self.stats.refusals += 1
             self.stats.record_draft_times(reply.times.tree_s, reply.times.lookup_s)
+            self.stats.record_plan(reply.plan.fanout, reply.plan.accept_rate, reply.plan.power)
         else:
             self.stats.draft_failures += 1
         drafts, qs, hits = [], [], []

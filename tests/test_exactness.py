@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssd_sim import TargetProbs, chi_square, sample_ssd
+from sglang_ssd.testing.simulate import TargetProbs, chi_square, sample_ssd
 
 V = 40
 N = 1500

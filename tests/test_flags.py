@@ -43,8 +43,8 @@ BAD = [
     (["--ssd-draft-device", "tpu:0"], "--ssd-draft-device='tpu:0'"),
     (["--ssd-draft-endpoint", "http://x"], "--ssd-draft-endpoint='http://x'"),
     (["--ssd-draft-endpoint", "tcp://10.1.2.3:5555"], "--ssd-draft-endpoint='tcp://10.1.2.3:5555'"),
-    (["--ssd-draft-timeout", "-1"], "--ssd-draft-timeout='-1'"),
-    (["--ssd-draft-timeout", "nan"], "--ssd-draft-timeout='nan'"),
+    (["--ssd-draft-timeout-ms", "-1"], "--ssd-draft-timeout-ms='-1'"),
+    (["--ssd-draft-timeout-ms", "nan"], "--ssd-draft-timeout-ms='nan'"),
     (["--ssd-draft-start-timeout", "0"], "--ssd-draft-start-timeout='0'"),
     (["--ssd-draft-threads", "0"], "--ssd-draft-threads='0'"),
     (["--ssd-draft-kv-tokens", "10"], "--ssd-draft-kv-tokens='10'"),
@@ -74,7 +74,7 @@ def test_nonexistent_draft_path(prepare, capsys):
 
 
 def test_good_flags_reach_the_record(prepare):
-    sa = prepare("--ssd-fanout", "1,2,3,0,4", "--ssd-backup", "neural", "--ssd-draft-timeout", "2.5",
+    sa = prepare("--ssd-fanout", "1,2,3,0,4", "--ssd-backup", "neural", "--ssd-draft-timeout-ms", "2500",
                  "--ssd-draft-endpoint", "tcp://127.0.0.1:7777")
     cfg = sa._ssd_config
     assert cfg["fanout"] == [1, 2, 3, 0, 4] and cfg["backup"] == "neural"
@@ -95,7 +95,7 @@ def test_help_lists_ssd_flags():
                          text=True, timeout=120, env=cpu_env())
     assert out.returncode == 0
     for flag in ["--ssd-fanout-budget", "--ssd-fanout", "--ssd-backup", "--ssd-draft-device",
-                 "--ssd-draft-endpoint", "--ssd-draft-timeout"]:
+                 "--ssd-draft-endpoint", "--ssd-draft-timeout-ms"]:
         assert flag in out.stdout
 
 

@@ -17,7 +17,7 @@ from sglang_ssd.testing.server import CPUServer
 def own_server(models, log_dir):
     args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
                           str(models["draft_same"]), "--speculative-num-steps", str(K),
-                          "--ssd-draft-timeout", "5"]
+                          "--ssd-draft-timeout-ms", "3000", "--max-running-requests", "16"]
     srv = CPUServer(models["target"], args, log_path=str(log_dir / "process_test.log"))
     yield srv
     srv.stop()
@@ -39,16 +39,54 @@ def test_draft_is_a_separate_process_over_zmq(own_server):
     assert os.stat(os.path.dirname(endpoint)).st_mode & 0o077 == 0
 
 
-def test_killed_draft_loses_no_request(own_server, hf_target):
-    prompt = [5, 6, 7, 8, 9]
-    want = hf_greedy(hf_target, prompt, 20)
-    sp = {"temperature": 0, "max_new_tokens": 20, "ignore_eos": True}
-    assert own_server.generate(prompt, sp)["output_ids"] == want
-    os.kill(own_server.ssd_stats()["draft_pid"], signal.SIGKILL)
-    time.sleep(0.5)
-    for _ in range(2):
-        assert own_server.generate(prompt, sp)["output_ids"] == want
-    assert own_server.ssd_stats()["draft_failures"] > 0
+PROMPTS = [[5, 6, 7, 8, 9], [20, 21, 22], [100, 200, 300, 17], [7, 7, 7], [40, 41], [9, 8, 7, 6],
+           [300, 301, 302], [11, 12, 13, 14, 15]]
+
+
+def _concurrent(server, n_tokens, during=None):
+    """8 concurrent greedy requests; `during` runs while they are in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sp = {"temperature": 0, "max_new_tokens": n_tokens, "ignore_eos": True}
+    with ThreadPoolExecutor(8) as ex:
+        futs = [ex.submit(server.generate, p, sp) for p in PROMPTS]
+        if during is not None:
+            time.sleep(0.3)
+            during()
+        return [f.result()["output_ids"] for f in futs]
+
+
+def _hits_again(server, hf_target, deadline_s=120):
+    """After a restart the draft's cache hits again (and outputs stay exact)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        r = server.generate(PROMPTS[0], {"temperature": 0, "max_new_tokens": 24, "ignore_eos": True})
+        assert r["output_ids"] == hf_greedy(hf_target, PROMPTS[0], 24)
+        if any(h == 1 for h in r["meta_info"]["ssd_hit"]):
+            return True
+        time.sleep(1.0)
+    return False
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+def test_failed_draft_loses_no_request_and_comes_back(own_server, hf_target, how):
+    want = [hf_greedy(hf_target, p, 96) for p in PROMPTS]
+    before = own_server.ssd_stats()
+    pid = before["draft_pid"]
+
+    def fail():
+        os.kill(pid, getattr(signal, how))
+
+    t0 = time.monotonic()
+    assert _concurrent(own_server, 96, during=fail) == want
+    st = own_server.ssd_stats()
+    assert st["draft_failures"] > before["draft_failures"]
+    if how == "SIGSTOP":  # the hung draft was killed after the round timeout, not left stopped
+        os.kill(pid, signal.SIGCONT) if psutil.pid_exists(pid) else None
+    assert _hits_again(own_server, hf_target)
+    st = own_server.ssd_stats()
+    assert st["draft_restarts"] > before["draft_restarts"] and st["draft_pid"] != pid
+    assert time.monotonic() - t0 < 200
 
 
 @pytest.mark.slow
@@ -71,3 +109,18 @@ def test_no_process_left_after_server_stops(models, log_dir):
         assert alive == []
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_tokenizer_mismatch_is_refused_at_startup(models, tmp_path, log_dir):
+    from sglang_ssd.testing.tiny_models import make_model, train_tokenizer
+
+    tok = tmp_path / "other_tok"
+    train_tokenizer(tok, vocab_size=400)
+    other = make_model(tmp_path / "other_draft", tok, seed=5, hidden=32, layers=1, heads=2, kv_heads=1)
+    log = log_dir / "mismatch.log"
+    args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path", str(other)]
+    with pytest.raises(RuntimeError, match="exited"):
+        CPUServer(models["target"], args, log_path=str(log), startup_timeout=240)
+    text = log.read_text()
+    assert "differs from the target's" in text and str(other) in text and str(models["target"]) in text

@@ -198,3 +198,36 @@ def test_speculator_refuses_bad_requests(draft_model):
     assert "ok" not in sp.seqs
     sp.release(list(sp.seqs))
     assert draft_model.pool.num_used == 0
+
+
+def test_geometric_fanout_closed_form():
+    """F_j = F_0 a^(j/(1+r)) (j < K), F_K = F_0 a^(K/(1+r)) (1-a)^(-1/(1+r)), scaled to sum B."""
+    for a, r, k, b in [(0.6, 0.5, 4, 1000), (0.8, 1.0, 3, 500), (0.3, 2.0, 5, 2000)]:
+        e = 1 / (1 + r)
+        w = [a ** (j * e) for j in range(k)] + [a ** (k * e) * (1 - a) ** (-e)]
+        want = [b * x / sum(w) for x in w]
+        got = geometric_fanout(k, b, accept=a, power=r)
+        assert sum(got) == b
+        assert all(abs(g - x) <= 1.0 for g, x in zip(got, want)), (got, want)
+
+
+def test_fanout_estimator_learns_a_and_r():
+    import random
+
+    from sglang_ssd.fanout import FanoutEstimator, geometric_fanout
+
+    rng = random.Random(0)
+    k, a, r = 4, 0.5, 1.0
+    est = FanoutEstimator(k, budget=20, cap=100, depth=16, replan_every=50)
+    for _ in range(20000):
+        kk = 0
+        while kk < k and rng.random() < a:
+            kk += 1
+        # rank with P(rank >= F) = 0.5 F^-r for F >= 1 (inverse transform)
+        u = rng.random()
+        rank = 0 if u >= 0.5 else int((0.5 / u) ** (1 / r))
+        est.observe(kk, min(rank, 16))
+    est.replan()
+    assert abs(est.accept - a) < 0.03
+    assert abs(est.power - r) < 0.25
+    assert est.schedule == geometric_fanout(k, 20, est.accept, est.power, 100)

@@ -1,4 +1,4 @@
-"""In-process SSD rounds for statistical tests: the real Speculator (draft side) and the real
+"""In-process SSD rounds for statistical tests and sweeps: the real Speculator (draft side) and the real
 verification functions, with a Hugging Face target standing in for the SGLang scheduler.
 
 Many independent samples of the same prompt run as one batch of requests, so a test can draw
@@ -52,8 +52,12 @@ class TargetProbs:
         return out
 
 
-def sample_ssd(spec, target: TargetProbs, prompt, n, length, *, seed=None, wrong_residual=False):
-    """n continuations of `length` tokens through SSD rounds; returns (sequences, hits, lookups)."""
+def sample_ssd(spec, target: TargetProbs, prompt, n, length, *, seed=None, wrong_residual=False,
+               stats=None):
+    """n continuations of `length` tokens through SSD rounds; returns (sequences, hits, lookups).
+
+    `stats`, if given, is filled with rounds, emitted tokens and the draft's backup seconds.
+    """
     k = spec.k
     pr = target.params
     samp = wire.Sampling(temperature=pr["temperature"], top_k=pr["top_k"], top_p=pr["top_p"],
@@ -69,7 +73,9 @@ def sample_ssd(spec, target: TargetProbs, prompt, n, length, *, seed=None, wrong
     while live:
         outcomes = [wire.Outcome(rid=r, k=state[r][0], t_star=state[r][1],
                                  committed_len=len(prompt) + len(out[r]) - 1) for r in live]
-        specs, refusals, _ = spec.lookup(outcomes)
+        specs, refusals, backup_s = spec.lookup(outcomes)
+        if stats is not None:
+            stats["backup_s"] = stats.get("backup_s", 0.0) + backup_s
         assert not refusals, refusals
         by = {s.rid: s for s in specs}
         ctxs, drafts, qs = [], [], []
@@ -98,6 +104,9 @@ def sample_ssd(spec, target: TargetProbs, prompt, n, length, *, seed=None, wrong
         nxt_live = []
         for r, d, a, t in zip(live, drafts, kk.tolist(), ts.tolist()):
             out[r] += d[:a] + [t]
+            if stats is not None:
+                stats["rounds"] = stats.get("rounds", 0) + 1
+                stats["emitted"] = stats.get("emitted", 0) + a + 1
             state[r] = (a, t)
             if len(out[r]) < length:
                 nxt_live.append(r)
