@@ -69,6 +69,7 @@ class SSDWorker(BaseSpecWorker):
         self.vocab_size = int(self.model_runner.model_config.vocab_size)
         self.fanout = resolve_fanout(self.k, self.cfg.fanout, self.cfg.fanout_budget, self.vocab_size)
         self.synced: dict[str, tuple[int, int]] = {}  # rid -> outcome of its last round
+        self.refused: set[str] = set()  # rids the draft refused: served without it from then on
         self.round = 0
         self._generation = 0  # draft process generation the synced states belong to
         self.client: Optional[DraftClient] = None
@@ -201,9 +202,12 @@ class SSDWorker(BaseSpecWorker):
         releases = [rid for rid in self.synced if rid not in cur]
         for rid in releases:
             del self.synced[rid]
+        self.refused &= cur
         seq_lens = batch.seq_lens_cpu.tolist() if batch.seq_lens_cpu is not None else batch.seq_lens.tolist()
         begins, outcomes = [], []
         for req, L in zip(reqs, seq_lens):
+            if req.rid in self.refused:
+                continue
             st = self.synced.get(req.rid)
             if st is None:  # resync: whatever the draft knew of it is stale
                 releases.append(req.rid)
@@ -219,14 +223,18 @@ class SSDWorker(BaseSpecWorker):
         if reply is not None:
             specs = {s.rid: s for s in reply.specs if len(s.tokens) == self.k}
             for r in reply.refusals:
-                logger.warning("SSD draft refused request %s: %s", r.rid, r.reason)
+                logger.warning("SSD draft refused request %s, serving it without the draft: %s",
+                               r.rid, r.reason)
                 self.stats.refusals += 1
+                self.refused.add(r.rid)
             self.stats.record_draft_times(reply.times.tree_s, reply.times.lookup_s)
             self.stats.record_plan(reply.plan.fanout, reply.plan.accept_rate, reply.plan.power)
         else:
             self.stats.draft_failures += 1
         drafts, qs, hits = [], [], []
-        for req, o in zip(reqs, outcomes):
+        by_rid = {o.rid: o for o in outcomes}
+        for req in reqs:
+            o = by_rid.get(req.rid)
             s = specs.get(req.rid)
             ok = s is not None and all(0 <= t < self.vocab_size for t in s.tokens)
             q = None
@@ -236,7 +244,7 @@ class SSDWorker(BaseSpecWorker):
             if ok:
                 drafts.append(list(s.tokens))
                 qs.append(q)
-                hits.append(bool(s.hit) if o.k >= 0 else None)
+                hits.append(bool(s.hit) if o is not None and o.k >= 0 else None)
             else:  # refused, malformed or no answer: serve exactly with the fast backup
                 self.synced.pop(req.rid, None)
                 ctx = list(req.origin_input_ids) + list(req.output_ids)
