@@ -20,6 +20,10 @@ CORPUS = (
 )
 
 TOKENIZER_VOCAB = 512
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 
 def train_tokenizer(out_dir: Path, vocab_size: int = TOKENIZER_VOCAB) -> None:
@@ -40,6 +44,7 @@ def train_tokenizer(out_dir: Path, vocab_size: int = TOKENIZER_VOCAB) -> None:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
+    fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out_dir))
 
 
