@@ -46,10 +46,20 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Ten
     return out.transpose(0, 1).to(q.dtype)
 
 
-def verify_visibility(prefix_len: int, n: int, draft_mask: torch.Tensor | None) -> torch.Tensor:
-    """[n, prefix_len + n] bool: the whole prefix, then draft_mask ([n, n]) or causal (chain)."""
+def verify_visibility(prefix_len: int, n: int, draft_mask: torch.Tensor | None,
+                      window: int | None = None) -> torch.Tensor:
+    """[n, prefix_len + n] bool: the whole prefix, then draft_mask ([n, n]) or causal (chain).
+
+    window: sliding-window attention (SGLang's sliding_window_size): a query at position p sees
+    keys at positions >= p - window only.
+    """
     tail = torch.ones(n, n, dtype=torch.bool).tril() if draft_mask is None else draft_mask.to(torch.bool)
-    return torch.cat([torch.ones(n, prefix_len, dtype=torch.bool), tail], dim=1)
+    vis = torch.cat([torch.ones(n, prefix_len, dtype=torch.bool), tail], dim=1)
+    if window is not None and window > -1:
+        q_pos = torch.arange(prefix_len, prefix_len + n).view(-1, 1)
+        k_pos = torch.arange(prefix_len + n).view(1, -1)
+        vis &= (q_pos - k_pos) <= window
+    return vis
 
 
 def draft_masks(custom_mask: torch.Tensor | None, seq_lens: list[int], n: int) -> list[torch.Tensor | None]:
@@ -81,6 +91,7 @@ def verify_attention(
     n: int,
     custom_mask: torch.Tensor | None,
     scaling: float,
+    window: int | None = None,
 ) -> torch.Tensor:
     """TARGET_VERIFY attention over the KV pool (the verify tokens' KV must already be written).
 
@@ -93,7 +104,8 @@ def verify_attention(
     for i, (req, s) in enumerate(zip(req_pool_indices.tolist(), lens)):
         slots = req_to_token[req, : s + n].to(torch.int64)
         out[i * n : (i + 1) * n] = attend(
-            q[i * n : (i + 1) * n], k_cache[slots], v_cache[slots], verify_visibility(s, n, masks[i]), scaling
+            q[i * n : (i + 1) * n], k_cache[slots], v_cache[slots], verify_visibility(s, n, masks[i], window),
+            scaling
         )
     return out
 
@@ -105,9 +117,8 @@ def _forward_extend(original, self, q, k, v, layer, forward_batch, save_kv_cache
     from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
     if layer.is_cross_attention:
-        raise NotImplementedError("TARGET_VERIFY with cross attention")
-    if getattr(layer, "sliding_window_size", None) is not None and layer.sliding_window_size > -1:
-        raise NotImplementedError("TARGET_VERIFY with sliding-window attention on torch_native")
+        raise ValueError("speculative verification of an encoder-decoder (cross-attention) model is "
+                         "not supported on CPU; serve it without --speculative-algorithm")
     if save_kv_cache and k is not None and v is not None:
         self.token_to_kv_pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc, self.swa_out_cache_loc), k, v)
     spec = forward_batch.spec_info
@@ -122,6 +133,7 @@ def _forward_extend(original, self, q, k, v, layer, forward_batch, save_kv_cache
         int(spec.draft_token_num),
         mask,
         layer.scaling,
+        getattr(layer, "sliding_window_size", None),
     )
     return o.reshape(o.shape[0], layer.tp_q_head_num * layer.v_head_dim)
 

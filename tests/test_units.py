@@ -231,3 +231,13 @@ def test_fanout_estimator_learns_a_and_r():
     assert abs(est.accept - a) < 0.03
     assert abs(est.power - r) < 0.25
     assert est.schedule == geometric_fanout(k, 20, est.accept, est.power, 100)
+
+
+def test_verify_visibility_chain_and_sliding_window():
+    from sglang_ssd.patches.torch_verify_attention import verify_visibility
+
+    full = verify_visibility(3, 2, None)
+    assert full.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
+    # window 2: the query at position 3 sees positions 1..3, the one at 4 sees 2..4
+    win = verify_visibility(3, 2, None, window=2)
+    assert win.tolist() == [[False, True, True, True, False], [False, False, True, True, True]]

@@ -76,7 +76,7 @@ def build_tree_kernel_efficient(
     """
     mode = int(tree_mask_mode)
     if mode == QLEN_ONLY_BITPACKING:
-        raise NotImplementedError("QLEN_ONLY_BITPACKING: SGLang's CPU engine uses QLEN_ONLY (default_tree_mask_mode)")
+        raise ValueError("tree_mask_mode QLEN_ONLY_BITPACKING is not provided by the CPU stand-in: SGLang's CPU engine uses QLEN_ONLY")
     n = int(draft_token_num)
     topk = int(topk)
     seq_lens = verified_seq_len.tolist()
