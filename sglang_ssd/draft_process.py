@@ -2,8 +2,8 @@
 
 Started by the worker (draft_client.py) as `python -m sglang_ssd.draft_process CONFIG_JSON`. It
 connects to the worker's endpoint, says Ready, then loops: answer each Step at once, then pre-draft
-the next round while the target verifies. It exits on Shutdown, when its parent dies, or when
-told something it cannot decode twice in a row (a broken peer), never on one bad request.
+the next round while the target verifies. It exits on Shutdown or when its parent dies; a message it
+cannot decode or a request it cannot serve is refused and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def run(cfg: dict) -> int:
 
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
-    bad_in_a_row = 0
+    bad = 0
     while True:
         if not poller.poll(PARENT_POLL_MS):
             if os.getppid() != parent:
@@ -82,18 +82,23 @@ def run(cfg: dict) -> int:
         try:
             msg = wire.decode_to_draft(raw)
         except wire.WireError as e:
-            logger.error("%s", e)
-            bad_in_a_row += 1
-            if bad_in_a_row >= 2:
-                return 2
+            bad += 1
+            if bad & (bad - 1) == 0:  # log the 1st, 2nd, 4th, 8th, ... bad message
+                logger.error("%s (%d rejected so far)", e, bad)
             continue
-        bad_in_a_row = 0
         if isinstance(msg, wire.Shutdown):
             return 0
         t0 = time.perf_counter()
-        spec.release(msg.releases)
-        refusals = spec.begin(list(msg.begins))
-        specs, more, backup_s = spec.lookup(list(msg.outcomes)) if msg.outcomes else ([], [], 0.0)
+        try:
+            spec.release(msg.releases)
+            refusals = spec.begin(list(msg.begins))
+            specs, more, backup_s = spec.lookup(list(msg.outcomes)) if msg.outcomes else ([], [], 0.0)
+        except Exception as e:  # a round it cannot serve: refuse its requests, keep running
+            logger.exception("round %d failed; its requests are refused", msg.round)
+            rids = {b.rid for b in msg.begins} | {o.rid for o in msg.outcomes}
+            spec.release(rids)
+            spec.drop_speculation()
+            refusals, specs, more, backup_s = [wire.Refusal(rid=r, reason=f"draft error: {e}") for r in rids], [], [], 0.0
         if msg.reply:
             sock.send(wire.encode(wire.StepReply(
                 round=msg.round, specs=specs, refusals=refusals + more,
@@ -105,6 +110,9 @@ def run(cfg: dict) -> int:
             spec.speculate()
         except PoolFullError as e:
             logger.warning("%s; this round's speculation is skipped", e)
+            spec.drop_speculation()
+        except Exception:
+            logger.exception("speculation failed; this round's speculation is skipped")
             spec.drop_speculation()
 
 

@@ -80,8 +80,12 @@ class Speculator:
                 self.model.pool.free(seq.glue_slots)
 
     def begin(self, begins: list[Begin]) -> list[Refusal]:
-        refusals, fresh = [], []
+        refusals, fresh, seen = [], [], set()
         for b in begins:
+            if b.rid in seen:
+                refusals.append(Refusal(rid=b.rid, reason="duplicate begin in one round"))
+                continue
+            seen.add(b.rid)
             try:
                 self._check_ids(b.prompt + [b.pending], b.rid)
                 if len(b.prompt) + 2 * self.k + 2 > self.model.max_positions:
@@ -105,7 +109,12 @@ class Speculator:
         specs: dict[str, Spec] = {}
         refusals: list[Refusal] = []
         missed: list[tuple[DraftSeq, int]] = []
+        seen: set[str] = set()
         for o in outcomes:
+            if o.rid in seen:  # one outcome per request per round; the first one stands
+                refusals.append(Refusal(rid=o.rid, reason="duplicate outcome in one round"))
+                continue
+            seen.add(o.rid)
             seq = self.seqs.get(o.rid)
             try:
                 if seq is None:
@@ -142,7 +151,7 @@ class Speculator:
                 seq.spec, seq.spec_q = toks, q
                 specs[seq.rid] = _spec(seq, hit=False)
         backup_s = time.perf_counter() - t0
-        ordered = [specs[o.rid] for o in outcomes if o.rid in specs]
+        ordered = [specs.pop(o.rid) for o in outcomes if o.rid in specs]
         return ordered, refusals, backup_s
 
     def _commit(self, seq: DraftSeq, o: Outcome) -> None:

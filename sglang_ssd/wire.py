@@ -137,12 +137,12 @@ def encode(msg) -> bytes:
 def decode_to_draft(data: bytes):
     try:
         return _to_draft.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except Exception as e:  # any failure to decode untrusted bytes is a malformed message
         raise WireError(f"bad message to draft ({len(data)} bytes): {e}") from None
 
 
 def decode_from_draft(data: bytes):
     try:
         return _from_draft.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except Exception as e:  # any failure to decode untrusted bytes is a malformed message
         raise WireError(f"bad message from draft ({len(data)} bytes): {e}") from None
