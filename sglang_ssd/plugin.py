@@ -21,8 +21,9 @@ def register() -> None:
 
         cpu_engine.apply()
     from sglang_ssd import spec_algo
-    from sglang_ssd.patches import cli_flags, server_stats
+    from sglang_ssd.patches import cli_flags, request_validation, server_stats
 
     cli_flags.apply()
     server_stats.apply()
+    request_validation.apply()
     spec_algo.register()
