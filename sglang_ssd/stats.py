@@ -21,7 +21,8 @@ class SSDStats:
     draft_lookup_s: float = 0.0
     draft_failures: int = 0  # decode steps served without the draft (dead, late, restarting)
     draft_restarts: int = 0
-    refusals: int = 0
+    refusals: int = 0  # requests the draft refused (then served without it), by reason below
+    refusal_reasons: dict = field(default_factory=dict)
     draft_pid: Optional[int] = None
     fanout: list = field(default_factory=list)  # the live schedule F_0..F_K
     accept_rate_est: Optional[float] = None  # the draft's online estimates behind it
@@ -42,6 +43,11 @@ class SSDStats:
                 self.lookups += 1
                 self.hits += int(h)
 
+    def record_refusal(self, reason: str) -> None:
+        self.refusals += 1
+        key = reason.split(":")[0][:80]
+        self.refusal_reasons[key] = self.refusal_reasons.get(key, 0) + 1
+
     def record_draft_times(self, tree_s: float, lookup_s: float) -> None:
         self.draft_tree_s += tree_s
         self.draft_lookup_s += lookup_s
@@ -54,6 +60,7 @@ class SSDStats:
 
     def snapshot(self) -> dict:
         d = dict(self.__dict__)
+        d["refusal_reasons"] = dict(self.refusal_reasons)
         d["accept_length"] = self.emitted / self.spec_rounds if self.spec_rounds else None
         d["cache_hit_rate"] = self.hits / self.lookups if self.lookups else None
         d["draft_wait_ms_per_step"] = 1e3 * self.draft_wait_s / self.steps if self.steps else None

@@ -225,7 +225,7 @@ class SSDWorker(BaseSpecWorker):
             for r in reply.refusals:
                 logger.warning("SSD draft refused request %s, serving it without the draft: %s",
                                r.rid, r.reason)
-                self.stats.refusals += 1
+                self.stats.record_refusal(r.reason)
                 self.refused.add(r.rid)
             self.stats.record_draft_times(reply.times.tree_s, reply.times.lookup_s)
             self.stats.record_plan(reply.plan.fanout, reply.plan.accept_rate, reply.plan.power)

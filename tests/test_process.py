@@ -124,3 +124,25 @@ def test_tokenizer_mismatch_is_refused_at_startup(models, tmp_path, log_dir):
         CPUServer(models["target"], args, log_path=str(log), startup_timeout=240)
     text = log.read_text()
     assert "differs from the target's" in text and str(other) in text and str(models["target"]) in text
+
+
+def test_request_beyond_the_drafts_context_is_served_exactly(models, tmp_path, log_dir, hf_target):
+    """A draft with a 40-token context: a longer request is refused by the draft (counted with its
+    reason) and served exactly without it."""
+    import json
+    import shutil
+
+    short = tmp_path / "short_context_draft"
+    shutil.copytree(models["target"], short)
+    cfg = json.loads((short / "config.json").read_text())
+    cfg["max_position_embeddings"] = 40
+    (short / "config.json").write_text(json.dumps(cfg))
+    args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path", str(short)]
+    with CPUServer(models["target"], args, log_path=str(log_dir / "short_draft.log")) as srv:
+        prompt = [5, 6, 7, 8, 9]
+        out = srv.generate(prompt, {"temperature": 0, "max_new_tokens": 60, "ignore_eos": True})
+        assert out["output_ids"] == hf_greedy(hf_target, prompt, 60)
+        st = srv.ssd_stats()
+        assert st["refusals"] >= 1
+        assert any("maximum length" in r or "context" in r for r in st["refusal_reasons"])
+        assert max(out["meta_info"]["ssd_accepted"]) > 0  # speculated until the draft's limit
