@@ -25,11 +25,11 @@ BAD = [
     ("top_p 1.5", {"input_ids": [5], "sampling_params": {"top_p": 1.5}}, "top_p"),
     ("string temperature", {"input_ids": [5], "sampling_params": {"temperature": "hot"}}, ""),
     ("empty prompt", {"text": ""}, "empty"),
-    ("empty ids", {"input_ids": []}, ""),
-    ("prompt beyond context", {"input_ids": [5] * 5000}, ""),
+    ("empty ids", {"input_ids": []}, "input_ids"),
+    ("prompt beyond context", {"input_ids": [5] * 5000}, "context length"),
     ("batch with one bad id", {"input_ids": [[5, 6], [7, -2]]}, "-2"),
     ("bad stop_token_ids", {"input_ids": [5], "sampling_params": {"stop_token_ids": ["a"]}}, ""),
-    ("invalid regex", {"input_ids": [5], "sampling_params": {"regex": "(["}}, ""),
+    ("invalid regex", {"input_ids": [5], "sampling_params": {"regex": "(["}}, "regex"),
 ]
 
 
