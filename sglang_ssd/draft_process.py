@@ -73,6 +73,7 @@ def run(cfg: dict) -> int:
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     bad = 0
+    last_round = -1
     while True:
         if not poller.poll(PARENT_POLL_MS):
             if os.getppid() != parent:
@@ -88,6 +89,15 @@ def run(cfg: dict) -> int:
             continue
         if isinstance(msg, wire.Shutdown):
             return 0
+        if msg.round <= last_round:  # stale, duplicated or out of order: refuse, change nothing
+            bad += 1
+            logger.error("round %d after round %d refused", msg.round, last_round)
+            if msg.reply:
+                rids = {b.rid for b in msg.begins} | {o.rid for o in msg.outcomes}
+                sock.send(wire.encode(wire.StepReply(round=msg.round, refusals=[
+                    wire.Refusal(rid=r, reason=f"round {msg.round} is not after {last_round}") for r in rids])))
+            continue
+        last_round = msg.round
         t0 = time.perf_counter()
         try:
             spec.release(msg.releases)

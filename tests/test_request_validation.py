@@ -80,12 +80,10 @@ def test_random_bodies_never_5xx(servers):
     deadline = time.monotonic() + 120
     seen = {"n": 0}
 
-    @settings(max_examples=1500, deadline=None, derandomize=True,
+    @settings(max_examples=200, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(body)
     def check(b):
-        if time.monotonic() > deadline:
-            return
         seen["n"] += 1
         if isinstance(b.get("sampling_params"), dict):
             b["sampling_params"].setdefault("max_new_tokens", 4)
@@ -96,6 +94,7 @@ def test_random_bodies_never_5xx(servers):
         r = requests.post(srv.url + "/generate", json=b, timeout=120)
         assert r.status_code < 500, (b, r.status_code, r.text[:300])
 
-    check()
+    while time.monotonic() < deadline:  # at least 2 minutes of bodies
+        check()
     assert seen["n"] > 50
     assert requests.get(srv.url + "/health", timeout=30).status_code == 200

@@ -79,3 +79,27 @@ def test_random_rounds_are_refused_not_fatal(speculator):
         speculator.speculate()
     speculator.release(list(speculator.seqs))
     assert speculator.model.pool.num_used == 0
+
+
+def test_draft_process_refuses_stale_rounds_and_garbage(models):
+    """A real draft process: out-of-order rounds are refused, raw garbage on the socket is
+    ignored, and the process keeps serving."""
+    from sglang_ssd.draft_client import DraftClient
+
+    c = DraftClient(model_path=str(models["draft_same"]), k=2, fanout=[1, 1, 1], backup="neural",
+                    backup_batch_threshold=8, device="cpu", dtype="float32", kv_tokens=2048, threads=1,
+                    endpoint=None, timeout_s=30, start_timeout_s=120)
+    try:
+        begin = wire.Begin(rid="a", prompt=[5, 6, 7], pending=8)
+        r = c.step(wire.Step(round=10, begins=[begin],
+                             outcomes=[wire.Outcome(rid="a", k=-1, t_star=8, committed_len=3)]))
+        assert r is not None and [s.rid for s in r.specs] == ["a"]
+        stale = c.step(wire.Step(round=4, outcomes=[wire.Outcome(rid="a", k=0, t_star=1, committed_len=4)]))
+        assert stale is not None and [x.rid for x in stale.refusals] == ["a"] and not stale.specs
+        for raw in (b"", b"\xff\x00garbage", __import__("pickle").dumps({"round": 11})):
+            c._sock.send(raw)
+        ok = c.step(wire.Step(round=11, outcomes=[wire.Outcome(rid="a", k=0, t_star=9, committed_len=4)]))
+        assert ok is not None and [s.rid for s in ok.specs] == ["a"] and c.proc.poll() is None
+    finally:
+        c.close()
+    assert c.proc.poll() is not None
