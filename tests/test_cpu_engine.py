@@ -3,19 +3,14 @@ SGLang servers started through sglang_ssd.cpu_serve (greedy tokens equal Hugging
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import SERVER_ARGS, hf_greedy
 from sglang_ssd.patches import torch_verify_attention as tva
 from sglang_ssd.patches.cpu_standin import sgl_kernel as sk
+from sglang_ssd.testing.server import CPUServer
 
 OPS = torch.ops.sgl_kernel
 
@@ -249,85 +244,11 @@ NEW_TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def cpu_models(tmp_path_factory):
-    from sglang_ssd.testing.tiny_models import make_pair_set
+def hf_reference(models, hf_target):
+    from transformers import AutoTokenizer
 
-    root = os.environ.get("SGLANG_SSD_TEST_MODELS")
-    return make_pair_set(Path(root) if root else tmp_path_factory.mktemp("cpu_engine_models"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server:
-    """`python -m sglang_ssd.cpu_serve ...` in its own process group; stop() kills the group."""
-
-    def __init__(self, args: list[str], log: Path, timeout: float = 240):
-        from sglang_ssd.cpu_serve import cpu_env
-
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sglang_ssd.cpu_serve", *args, "--port", str(self.port)],
-            env=cpu_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        self._wait(timeout)
-
-    def _wait(self, timeout):
-        import requests
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.log.read_text()[-4000:]}")
-            try:
-                if requests.get(self.url + "/health_generate", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        self.stop()
-        raise TimeoutError(f"server not up in {timeout}s:\n{self.log.read_text()[-4000:]}")
-
-    def generate(self, ids: list[int]) -> dict:
-        import requests
-
-        params = {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}
-        r = requests.post(self.url + "/generate", json={"input_ids": ids, "sampling_params": params}, timeout=120)
-        r.raise_for_status()
-        return r.json()
-
-    def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def hf_reference(cpu_models):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(cpu_models["target"]))
-    model = AutoModelForCausalLM.from_pretrained(str(cpu_models["target"]), dtype=torch.float32).eval()
-    refs = []
-    with torch.no_grad():
-        for p in PROMPTS:
-            ids = tok(p).input_ids
-            out = model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                                 do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
-            refs.append((ids, out[0, len(ids):].tolist()))
-    return refs
+    tok = AutoTokenizer.from_pretrained(str(models["target"]))
+    return [(tok(p).input_ids, hf_greedy(hf_target, tok(p).input_ids, NEW_TOKENS)) for p in PROMPTS]
 
 
 SPEC_CONFIGS = {
@@ -339,18 +260,17 @@ SPEC_CONFIGS = {
 
 
 @pytest.mark.parametrize("config", list(SPEC_CONFIGS))
-def test_cpu_server_greedy_matches_hf(config, cpu_models, hf_reference, tmp_path):
-    args = ["--model-path", str(cpu_models["target"]), "--dtype", "float32", "--mem-fraction-static", "0.1",
-            *SPEC_CONFIGS[config]]
-    server = _Server(args, tmp_path / f"{config}.log")
+def test_cpu_server_greedy_matches_hf(config, models, hf_reference, log_dir):
+    server = CPUServer(models["target"], SERVER_ARGS + SPEC_CONFIGS[config], log_path=str(log_dir / f"cpu_{config}.log"))
+    params = {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}
     try:
         for ids, ref in hf_reference:
-            assert server.generate(ids)["output_ids"] == ref
+            assert server.generate(ids, params)["output_ids"] == ref
         if config == "ngram":
             # the corpus now holds these continuations: the second pass must accept drafts
             # (exercising accept/KV-move paths) and still equal HF
             for ids, ref in hf_reference:
-                out = server.generate(ids)
+                out = server.generate(ids, params)
                 assert out["output_ids"] == ref
                 assert out["meta_info"]["spec_accept_length"] > 2.0
     finally:
