@@ -38,6 +38,7 @@ class SSDConfig:
     draft_kv_tokens: int = 65536
     draft_dtype: Optional[str] = None
     saguaro_c: float = 1.0
+    draft_engine: str = "hf"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -166,6 +167,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                    help="Saguaro sampling for sampled requests: the draft scales its top (F_j+1) "
                    "tokens at position j by C in (0, 1] (1 = off); lower C raises the cache hit "
                    "rate at some cost in acceptance. Exactness does not depend on it.")
+    g.add_argument("--ssd-draft-engine", type=str, default="hf",
+                   help="How the draft process runs the draft: sglang (SGLang's own ModelRunner; "
+                   "FlashInfer on GPU) or hf (Hugging Face model over SSD's slot KV pool; about 7x "
+                   "faster than SGLang's torch_native decode loop on CPU).")
     g.add_argument("--ssd-draft-dtype", type=str, default=None,
                    help="Draft dtype: float32, float16 or bfloat16. Default: float32 on cpu, the "
                    "target's --dtype otherwise.")
@@ -186,6 +191,7 @@ def config_from_namespace(ns: argparse.Namespace) -> SSDConfig:
         draft_kv_tokens=getattr(ns, "ssd_draft_kv_tokens", 65536),
         draft_dtype=getattr(ns, "ssd_draft_dtype", None),
         saguaro_c=getattr(ns, "ssd_saguaro_c", 1.0),
+        draft_engine=getattr(ns, "ssd_draft_engine", "hf"),
     )
     return cfg
 
@@ -208,6 +214,8 @@ def validate(cfg: SSDConfig, *, k: Optional[int], draft_model_path: Optional[str
     if cfg.fanout is not None and len(cfg.fanout) != kk + 1:
         raise _flag_error("--ssd-fanout", ",".join(map(str, cfg.fanout)),
                           f"needs K+1 = {kk + 1} entries (K = --speculative-num-steps = {kk})")
+    if cfg.draft_engine not in ("hf", "sglang"):
+        raise _flag_error("--ssd-draft-engine", cfg.draft_engine, "must be hf or sglang")
     if cfg.draft_dtype is not None and cfg.draft_dtype not in ("float32", "float16", "bfloat16"):
         raise _flag_error("--ssd-draft-dtype", cfg.draft_dtype, "must be float32, float16 or bfloat16")
     if cfg.draft_device is not None and cfg.draft_device.startswith("cuda") and target_device == "cpu":

@@ -40,7 +40,7 @@ class DraftClient:
                  backup_batch_threshold: int, device: str, dtype: str, kv_tokens: int,
                  threads: Optional[int], endpoint: Optional[str], timeout_s: float,
                  start_timeout_s: float, saguaro_c: float = 1.0,
-                 fanout_budget: Optional[int] = None,
+                 fanout_budget: Optional[int] = None, engine: str = "hf",
                  check_ready: Optional[Callable[[wire.Ready], Optional[str]]] = None):
         self.timeout_s = timeout_s
         self._dir = None
@@ -52,7 +52,7 @@ class DraftClient:
         self._conf = dict(endpoint=endpoint, model_path=model_path, k=k, fanout=fanout, backup=backup,
                           backup_batch_threshold=backup_batch_threshold, device=device, dtype=dtype,
                           kv_tokens=kv_tokens, threads=threads, saguaro_c=saguaro_c,
-                          fanout_budget=fanout_budget)
+                          fanout_budget=fanout_budget, engine=engine)
         self._check_ready = check_ready
         self._ctx = zmq.Context()
         self._sock = None

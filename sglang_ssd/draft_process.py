@@ -51,7 +51,11 @@ def run(cfg: dict) -> int:
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(cfg["endpoint"])
     try:
-        model = DraftModel(cfg["model_path"], cfg["device"], cfg["dtype"], int(cfg["kv_tokens"]))
+        if cfg.get("engine") == "sglang":  # SGLang's own ModelRunner
+            from sglang_ssd.draft_model_sglang import SGLangDraftModel as engine
+        else:
+            engine = DraftModel
+        model = engine(cfg["model_path"], cfg["device"], cfg["dtype"], int(cfg["kv_tokens"]))
         k = int(cfg["k"])
         estimator = None
         if cfg.get("fanout_budget"):  # no explicit list: plan the schedule online

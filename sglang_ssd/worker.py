@@ -114,7 +114,7 @@ class SSDWorker(BaseSpecWorker):
                 endpoint=cfg.draft_endpoint, timeout_s=cfg.draft_timeout,
                 start_timeout_s=cfg.draft_start_timeout, saguaro_c=cfg.saguaro_c,
                 fanout_budget=None if cfg.fanout is not None else sum(self.fanout),
-                check_ready=check_ready,
+                check_ready=check_ready, engine=cfg.draft_engine,
             )
         except DraftStartError as e:
             raise ValueError(str(e)) from None

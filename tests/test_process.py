@@ -146,3 +146,21 @@ def test_request_beyond_the_drafts_context_is_served_exactly(models, tmp_path, l
         assert st["refusals"] >= 1
         assert any("maximum length" in r or "context" in r for r in st["refusal_reasons"])
         assert max(out["meta_info"]["ssd_accepted"]) > 0  # speculated until the draft's limit
+
+
+def test_draft_on_sglangs_own_model_runner(models, log_dir, hf_target):
+    """--ssd-draft-engine sglang: the draft process runs SGLang's ModelRunner; outputs stay exact."""
+    args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
+                          str(models["draft_same"]), "--ssd-draft-engine", "sglang", "--ssd-draft-kv-tokens", "8192"]
+    with CPUServer(models["target"], args, log_path=str(log_dir / "sglang_engine.log")) as srv:
+        want = [hf_greedy(hf_target, p, 24) for p in PROMPTS[:4]]
+        from concurrent.futures import ThreadPoolExecutor
+
+        sp = {"temperature": 0, "max_new_tokens": 24, "ignore_eos": True}
+        with ThreadPoolExecutor(4) as ex:
+            outs = list(ex.map(lambda p: srv.generate(p, sp), PROMPTS[:4]))
+        assert [o["output_ids"] for o in outs] == want
+        st = srv.ssd_stats()
+        assert st["cache_hit_rate"] > 0.9 and st["accept_length"] > K - 0.5
+        cmd = " ".join(psutil.Process(st["draft_pid"]).cmdline())
+        assert '"engine": "sglang"' in cmd
