@@ -169,8 +169,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                    "rate at some cost in acceptance. Exactness does not depend on it.")
     g.add_argument("--ssd-draft-engine", type=str, default="hf",
                    help="How the draft process runs the draft: sglang (SGLang's own ModelRunner; "
-                   "FlashInfer on GPU) or hf (Hugging Face model over SSD's slot KV pool; about 7x "
-                   "faster than SGLang's torch_native decode loop on CPU).")
+                   "FlashInfer on GPU) or hf (Hugging Face model over SSD's slot KV pool; about 8x "
+                   "faster than SGLang's torch_native decode loop on CPU, see bench/draft_engines.py).")
     g.add_argument("--ssd-draft-dtype", type=str, default=None,
                    help="Draft dtype: float32, float16 or bfloat16. Default: float32 on cpu, the "
                    "target's --dtype otherwise.")
