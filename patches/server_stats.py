@@ -3,7 +3,9 @@
 Changes `SchedulerInternalStateController._add_speculative`
 (sglang/srt/managers/scheduler_components/internal_state.py, sglang 0.5.23), an AFTER hook that
 adds `state["ssd"]` (acceptance length, cache hit rate, draft wait time, ...) next to SGLang's own
-`avg_spec_accept_length`. Why: that is where SGLang reports speculative statistics. Not CPU-only.
+`avg_spec_accept_length`, with `target_tokens_used`: target KV tokens held by requests (SGLang's
+own "#token" figure: the pool minus free and evictable cache), so an operator can see it return
+to its idle value. Why: that is where SGLang reports speculative statistics. Not CPU-only.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ def _after(result, self, state):
 
     if RUNNING.draft_pid is not None:
         state["ssd"] = RUNNING.snapshot()
+        try:
+            pool = self.scheduler.pool_stats_observer.get_pool_stats()
+            state["ssd"]["target_tokens_used"] = int(pool.full_num_used)
+        except AttributeError:  # a pool layout without this figure
+            state["ssd"]["target_tokens_used"] = None
     return result
 
 

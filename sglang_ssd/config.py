@@ -39,6 +39,7 @@ class SSDConfig:
     draft_dtype: Optional[str] = None
     saguaro_c: float = 1.0
     draft_engine: str = "hf"
+    curve_keys: Optional[str] = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -116,16 +117,60 @@ def _device(text: str) -> str:
     return text
 
 
-def _endpoint(text: str) -> str:
+def parse_endpoint(text: str) -> tuple[str, str, Optional[int]]:
+    """("ipc", PATH, None) or ("tcp", HOST, PORT); ValueError otherwise."""
     t = str(text)
     if t.startswith("ipc://") and len(t) > len("ipc://"):
-        return t
+        return "ipc", t[len("ipc://"):], None
     m = re.match(r"^tcp://(\[[^\]]+\]|[^:/]+):(\d+)$", t)
     if m and 0 < int(m.group(2)) < 65536:
-        return t
-    raise argparse.ArgumentTypeError(
-        f"--ssd-draft-endpoint={text!r}: expected ipc://PATH or tcp://HOST:PORT"
-    )
+        return "tcp", m.group(1).strip("[]"), int(m.group(2))
+    raise ValueError("expected ipc://PATH or tcp://HOST:PORT")
+
+
+def endpoint_for_replica(endpoint: str, replica: int) -> str:
+    """Data-parallel replica i's draft endpoint: the port + i (tcp) or PATH.i (ipc); i = 0 unchanged."""
+    if replica == 0:
+        return endpoint
+    kind, host, port = parse_endpoint(endpoint)
+    if kind == "ipc":
+        return f"{endpoint}.{replica}"
+    if port + replica >= 65536:
+        raise ValueError(f"{endpoint}: no port for data-parallel replica {replica}")
+    host = f"[{host}]" if ":" in host else host
+    return f"tcp://{host}:{port + replica}"
+
+
+def choose_draft_device(requested: Optional[str], target_device: str, n_gpus: int, base_gpu_id: int,
+                        tp_size: int, dp_size: int = 1, dp_rank: int = 0, gpu_id_step: int = 1) -> str:
+    """The draft process's device. Default: the first GPU after all of the target's (one per
+    data-parallel replica); cpu for a cpu target. A clear error when that GPU does not exist."""
+    if requested:
+        if requested.startswith("cuda:") and int(requested.split(":")[1]) >= n_gpus:
+            raise SSDConfigError(f"--ssd-draft-device={requested!r}: this machine has {n_gpus} GPU(s)")
+        return requested
+    if target_device == "cpu":
+        return "cpu"
+    used = tp_size * dp_size
+    gpu = base_gpu_id + used * gpu_id_step + dp_rank
+    if gpu >= n_gpus:
+        raise SSDConfigError(
+            f"--ssd-draft-device: the target uses GPUs {base_gpu_id}..{base_gpu_id + (used - 1) * gpu_id_step} "
+            f"(tp {tp_size} x dp {dp_size}) and the draft needs its own, but this machine has {n_gpus}; "
+            "pass --ssd-draft-device cuda:N to share one, or --ssd-draft-endpoint for a draft elsewhere")
+    return f"cuda:{gpu}"
+
+
+def endpoint_arg(flag: str):
+    """argparse type for an endpoint flag: the text, or an error naming the flag and value."""
+    def parse(text: str) -> str:
+        try:
+            parse_endpoint(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{flag}={text!r}: {e}")
+        return text
+
+    return parse
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -148,10 +193,15 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ssd-draft-device", type=_device, default=None,
                    help="Device of the draft process: cpu, cuda or cuda:N. Default: cpu when the "
                    "target runs on cpu, else the next GPU after the target's.")
-    g.add_argument("--ssd-draft-endpoint", type=_endpoint, default=None,
-                   help="ZeroMQ endpoint between worker and draft process. Default: an ipc:// "
-                   "socket in a private directory. tcp:// must be loopback unless "
-                   "--ssd-allow-remote-draft.")
+    g.add_argument("--ssd-draft-endpoint", type=endpoint_arg("--ssd-draft-endpoint"), default=None,
+                   help="Connect to a draft server started apart (python -m sglang_ssd.draft_server) "
+                   "at ipc://PATH or tcp://HOST:PORT instead of spawning the draft process. Default: "
+                   "spawn it, over an ipc:// socket in a private directory. tcp:// must be loopback "
+                   "unless --ssd-allow-remote-draft. Data-parallel replica i uses PORT+i (PATH.i).")
+    g.add_argument("--ssd-curve-keys", type=str, default=None, metavar="DIR",
+                   help="CurveZMQ keys (made by python -m sglang_ssd.draft_server --make-curve-keys "
+                   "DIR) for the connection to --ssd-draft-endpoint: encrypted, and only this key's "
+                   "holder is admitted.")
     g.add_argument("--ssd-allow-remote-draft", action="store_true",
                    help="Allow a non-loopback tcp:// --ssd-draft-endpoint.")
     g.add_argument("--ssd-draft-timeout-ms", type=_positive_float("--ssd-draft-timeout-ms"),
@@ -192,6 +242,7 @@ def config_from_namespace(ns: argparse.Namespace) -> SSDConfig:
         draft_dtype=getattr(ns, "ssd_draft_dtype", None),
         saguaro_c=getattr(ns, "ssd_saguaro_c", 1.0),
         draft_engine=getattr(ns, "ssd_draft_engine", "hf"),
+        curve_keys=getattr(ns, "ssd_curve_keys", None),
     )
     return cfg
 
@@ -224,6 +275,16 @@ def validate(cfg: SSDConfig, *, k: Optional[int], draft_model_path: Optional[str
         if not torch.cuda.is_available():
             raise _flag_error("--ssd-draft-device", cfg.draft_device, "CUDA is not available here")
     ep = cfg.draft_endpoint
+    if cfg.curve_keys is not None:
+        if ep is None:
+            raise _flag_error("--ssd-curve-keys", cfg.curve_keys,
+                              "only applies with --ssd-draft-endpoint (a draft server started apart)")
+        from sglang_ssd.curve import CurveKeyError, check_dir
+
+        try:
+            check_dir(cfg.curve_keys, "--ssd-curve-keys", "client")
+        except CurveKeyError as e:
+            raise SSDConfigError(str(e)) from None
     if ep is not None and ep.startswith("tcp://") and not cfg.allow_remote_draft:
         host = ep[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
         if host != "localhost":

@@ -1,9 +1,9 @@
-"""The draft process: loads the draft model on its own device and serves the SSD worker over ZeroMQ.
+"""The spawned draft process: loads the draft model on its own device and serves the SSD worker.
 
 Started by the worker (draft_client.py) as `python -m sglang_ssd.draft_process CONFIG_JSON`. It
-connects to the worker's endpoint, says Ready, then loops: answer each Step at once, then pre-draft
-the next round while the target verifies. It exits on Shutdown or when its parent dies; a message it
-cannot decode or a request it cannot serve is refused and counted, never fatal.
+connects to the worker's private endpoint, says Ready, then runs the shared draft loop
+(draft_service.py). It exits on Shutdown or when its parent dies; on the way out (including the
+SIGTERM its parent's death sends it) it removes the worker's socket directory if still there.
 """
 
 from __future__ import annotations
@@ -12,34 +12,58 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
-import time
 import traceback
 
 import zmq
 
 from sglang_ssd import wire
-from sglang_ssd.draft_model import DraftModel, PoolFullError
-from sglang_ssd.fanout import FanoutEstimator
-from sglang_ssd.speculator import Speculator
-from sglang_ssd.vocab import tokenizer_digest
+from sglang_ssd.draft_service import DraftService, serve
 
 logger = logging.getLogger("sglang_ssd.draft")
 
-PARENT_POLL_MS = 500
 
+def _die_with_parent(cleanup) -> None:
+    """SIGTERM when the parent dies (even by SIGKILL), handled by removing our socket directory."""
+    def on_term(signum, frame):
+        cleanup()
+        os._exit(0)
 
-def _die_with_parent() -> None:
+    signal.signal(signal.SIGTERM, on_term)
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 
 
+def load_model(model_path: str, device: str, dtype: str, kv_tokens: int, engine: str):
+    if engine == "sglang":  # SGLang's own ModelRunner
+        from sglang_ssd.draft_model_sglang import SGLangDraftModel as cls
+    else:
+        from sglang_ssd.draft_model import DraftModel as cls
+    return cls(model_path, device, dtype, int(kv_tokens))
+
+
+def hello_of(cfg: dict) -> wire.Hello:
+    return wire.Hello(protocol=wire.PROTOCOL_VERSION, session="spawned", k=int(cfg["k"]),
+                      fanout=list(cfg["fanout"]), backup=cfg["backup"],
+                      backup_batch_threshold=int(cfg["backup_batch_threshold"]),
+                      saguaro_c=float(cfg.get("saguaro_c", 1.0)),
+                      fanout_budget=cfg.get("fanout_budget"))
+
+
 def run(cfg: dict) -> int:
-    _die_with_parent()
+    endpoint = cfg["endpoint"]
+    sock_dir = cfg.get("socket_dir")
+
+    def cleanup():
+        if sock_dir:
+            shutil.rmtree(sock_dir, ignore_errors=True)
+
+    _die_with_parent(cleanup)
     parent = os.getppid()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s ssd-draft] %(message)s")
     import torch
@@ -49,85 +73,25 @@ def run(cfg: dict) -> int:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PAIR)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(cfg["endpoint"])
+    sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_TO_DRAFT_BYTES)
+    sock.connect(endpoint)
     try:
-        if cfg.get("engine") == "sglang":  # SGLang's own ModelRunner
-            from sglang_ssd.draft_model_sglang import SGLangDraftModel as engine
-        else:
-            engine = DraftModel
-        model = engine(cfg["model_path"], cfg["device"], cfg["dtype"], int(cfg["kv_tokens"]))
-        k = int(cfg["k"])
-        estimator = None
-        if cfg.get("fanout_budget"):  # no explicit list: plan the schedule online
-            estimator = FanoutEstimator(k, int(cfg["fanout_budget"]), cap=model.vocab_size - 1)
-        spec = Speculator(model, k, list(cfg["fanout"]), cfg["backup"],
-                          int(cfg["backup_batch_threshold"]), float(cfg.get("saguaro_c", 1.0)),
-                          estimator)
-        sock.send(wire.encode(wire.Ready(
-            protocol=wire.PROTOCOL_VERSION, pid=os.getpid(), vocab_size=model.vocab_size, k=spec.k, fanout=spec.fanout,
-            device=str(model.device), tokenizer_digest=tokenizer_digest(cfg["model_path"]),
-        )))
+        model = load_model(cfg["model_path"], cfg["device"], cfg["dtype"], cfg["kv_tokens"],
+                           cfg.get("engine", "hf"))
+        service = DraftService(model, cfg["model_path"])
+        ready = service.open(hello_of(cfg))
+        sock.send(wire.encode(ready))
     except Exception as e:
         sock.send(wire.encode(wire.Fatal(error=f"{type(e).__name__}: {e}")))
         traceback.print_exc()
         return 1
     logger.info("draft ready: %s on %s, K=%d, fan-out %s", cfg["model_path"], model.device,
-                spec.k, spec.fanout)
-
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    bad = 0
-    last_round = -1
-    while True:
-        if not poller.poll(PARENT_POLL_MS):
-            if os.getppid() != parent:
-                return 0
-            continue
-        raw = sock.recv()
-        try:
-            msg = wire.decode_to_draft(raw)
-        except wire.WireError as e:
-            bad += 1
-            if bad & (bad - 1) == 0:  # log the 1st, 2nd, 4th, 8th, ... bad message
-                logger.error("%s (%d rejected so far)", e, bad)
-            continue
-        if isinstance(msg, wire.Shutdown):
-            return 0
-        if msg.round <= last_round:  # stale, duplicated or out of order: refuse, change nothing
-            bad += 1
-            logger.error("round %d after round %d refused", msg.round, last_round)
-            if msg.reply:
-                rids = {b.rid for b in msg.begins} | {o.rid for o in msg.outcomes}
-                sock.send(wire.encode(wire.StepReply(round=msg.round, refusals=[
-                    wire.Refusal(rid=r, reason=f"round {msg.round} is not after {last_round}") for r in rids])))
-            continue
-        last_round = msg.round
-        t0 = time.perf_counter()
-        try:
-            spec.release(msg.releases)
-            refusals = spec.begin(list(msg.begins))
-            specs, more, backup_s = spec.lookup(list(msg.outcomes)) if msg.outcomes else ([], [], 0.0)
-        except Exception as e:  # a round it cannot serve: refuse its requests, keep running
-            logger.exception("round %d failed; its requests are refused", msg.round)
-            rids = {b.rid for b in msg.begins} | {o.rid for o in msg.outcomes}
-            spec.release(rids)
-            spec.drop_speculation()
-            refusals, specs, more, backup_s = [wire.Refusal(rid=r, reason=f"draft error: {e}") for r in rids], [], [], 0.0
-        if msg.reply:
-            sock.send(wire.encode(wire.StepReply(
-                round=msg.round, specs=specs, refusals=refusals + more,
-                times=wire.DraftTimes(tree_s=spec.last_tree_s,
-                                      lookup_s=time.perf_counter() - t0, backup_s=backup_s),
-                plan=spec.plan(),
-            )))
-        try:
-            spec.speculate()
-        except PoolFullError as e:
-            logger.warning("%s; this round's speculation is skipped", e)
-            spec.drop_speculation()
-        except Exception:
-            logger.exception("speculation failed; this round's speculation is skipped")
-            spec.drop_speculation()
+                ready.k, ready.fanout)
+    try:
+        return serve(sock, service, alive=lambda: os.getppid() == parent)
+    finally:
+        if os.getppid() != parent:
+            cleanup()
 
 
 def main(argv=None) -> int:

@@ -21,9 +21,12 @@ def register() -> None:
 
         cpu_engine.apply()
     from sglang_ssd import spec_algo
-    from sglang_ssd.patches import cli_flags, request_validation, server_stats
+    from sglang_ssd.patches import (cli_flags, idle_release, request_validation, seeded_first_token,
+                                    server_stats)
 
     cli_flags.apply()
     server_stats.apply()
     request_validation.apply()
+    idle_release.apply()
+    seeded_first_token.apply()
     spec_algo.register()

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from sglang_ssd.backup import ngram_propose
+from sglang_ssd.backup_policy import BackupPolicy
 from sglang_ssd.draft_model import DraftModel
 from sglang_ssd.fanout import FanoutEstimator
 from sglang_ssd.forking import ranked_candidates
-from sglang_ssd.kernels.rejection import inverse_cdf, saguaro_rescale_ref
+from sglang_ssd.grammar import DraftGrammars, accept_all, fill_masks, mask_logits, model_path_of
+from sglang_ssd.kernels.dispatch import saguaro_rescale
+from sglang_ssd.kernels.rejection import inverse_cdf
 from sglang_ssd.sampling import processed_probs, seeded_uniforms
 from sglang_ssd.wire import Begin, Outcome, Plan, Refusal, Sampling, Spec
 
@@ -39,6 +42,8 @@ class DraftSeq:
     sampling: Optional[Sampling] = None  # None: greedy
     spec_q: Optional[torch.Tensor] = None  # q' [K, V] the spec was drawn from (sampled only)
     ranked: list = field(default_factory=list)  # per glue position: the draft's ranked candidates
+    matcher: Any = None  # grammar state after tokens[grammar_start:] + [pending]; None: unmasked
+    source: str = "neural"  # where `spec` came from: hit / neural / fast (the backup policy learns)
 
 
 @dataclass
@@ -52,6 +57,7 @@ class _Chain:
     slots: list[int] = field(default_factory=list)
     out: list[int] = field(default_factory=list)
     qs: list = field(default_factory=list)  # q' rows, sampled chains only
+    matcher: Any = None  # grammar state after `first` and out; None: unmasked
 
     def q(self) -> Optional[torch.Tensor]:
         return torch.stack(self.qs) if self.qs else None
@@ -70,6 +76,22 @@ class Speculator:
         self.backup_batch_threshold = backup_batch_threshold
         self.seqs: dict[str, DraftSeq] = {}
         self.last_tree_s = 0.0
+        self.grammars = DraftGrammars(model_path_of(model), int(model.vocab_size))
+        self.policy = BackupPolicy(backup, backup_batch_threshold, k)
+        self.last_backup, self.last_misses = "", 0
+
+    @property
+    def verify_s(self) -> float:
+        return self.policy.verify_s
+
+    @verify_s.setter
+    def verify_s(self, seconds: float) -> None:
+        if seconds > 0:
+            self.policy.verify_s = float(seconds)
+
+    def backup_threshold(self) -> int:
+        """The adaptive backup's live b* (requests per batch from which misses get the fast one)."""
+        return self.policy.live_threshold
 
     # ---- request lifecycle -------------------------------------------------------------
     def release(self, rids) -> None:
@@ -95,6 +117,7 @@ class Speculator:
                 continue
             self.release([b.rid])
             seq = DraftSeq(rid=b.rid, tokens=list(b.prompt), pending=b.pending, sampling=b.sampling)
+            seq.matcher = self._begin_matcher(b)
             self.seqs[b.rid] = seq
             fresh.append(seq)
         if fresh:
@@ -131,26 +154,32 @@ class Speculator:
                 self.release([o.rid])
                 continue
             self._observe(seq, o)
+            self.policy.observe_tokens(seq.source, o.k + 1)
             hit = seq.cache.get((o.k, o.t_star))
+            self.policy.observe_lookup(hit is not None)
             if hit is not None:
                 seq.spec, seq.spec_q = hit
+                seq.source = "hit"
                 specs[o.rid] = _spec(seq, hit=True)
             else:
                 missed.append((seq, o.t_star))
             seq.cache = {}
         t0 = time.perf_counter()
+        self.last_backup, self.last_misses = "", len(missed)
         if missed:
-            use_fast = self.backup == "fast" or (
-                self.backup == "adaptive" and len(outcomes) >= self.backup_batch_threshold
-            )
-            if use_fast:  # deterministic proposals: no q' (the target treats them as one-hot)
+            kind = self.policy.choose(len(outcomes))
+            if kind == "fast":  # deterministic proposals: no q' (the target treats them as one-hot)
                 drafts = [(ngram_propose(s.tokens + [t], self.k), None) for s, t in missed]
             else:
                 drafts = self._neural(missed)
             for (seq, _), (toks, q) in zip(missed, drafts):
                 seq.spec, seq.spec_q = toks, q
+                seq.source = kind
                 specs[seq.rid] = _spec(seq, hit=False)
+            self.last_backup = kind
         backup_s = time.perf_counter() - t0
+        if self.last_backup == "neural":
+            self.policy.observe_neural(len(missed), backup_s)
         ordered = [specs.pop(o.rid) for o in outcomes if o.rid in specs]
         return ordered, refusals, backup_s
 
@@ -159,6 +188,7 @@ class Speculator:
             raise RequestRefused(f"k={o.k} outside [0, {self.k}]")
         self._check_ids([o.t_star], seq.rid)
         accepted = [seq.pending] + seq.spec[: o.k]
+        emitted = seq.spec[: o.k] + [o.t_star]
         new_len = len(seq.tokens) + len(accepted)
         if new_len != o.committed_len:
             raise RequestRefused(
@@ -175,10 +205,13 @@ class Speculator:
         seq.tokens += accepted
         seq.pending = o.t_star
         seq.spec_q = None
+        if seq.matcher is not None and not accept_all(seq.matcher, emitted):
+            seq.matcher = None  # out of step with the target's grammar: draft unmasked from now
 
     def speculate(self) -> None:
         """Glue every live speculation, fork its likely outcomes and pre-draft them."""
         t0 = time.perf_counter()
+        self.last_tree_s = 0.0
         seqs = [s for s in self.seqs.values() if s.spec and not s.glue_slots]
         if not seqs:
             return
@@ -197,13 +230,26 @@ class Speculator:
         chains, owners = [], []
         depth = self.estimator.depth if self.estimator is not None else 0
         for s, g in zip(seqs, logits):
+            states = self._glue_states(s) if s.matcher is not None else None
+            if states is not None:  # rank only grammar-legal t* at reachable positions
+                g = mask_logits(g, fill_masks(states, self.grammars.vocab_size, g.device))
             ranked = ranked_candidates(g, s.spec, [max(f, depth) for f in self.fanout])
+            if states is not None:
+                ranked = [[] if st is None or st.is_terminated() else
+                          [c for c in cands if bool(torch.isfinite(g[j, c]))]
+                          for j, (st, cands) in enumerate(zip(states, ranked))]
             if depth:
                 s.ranked = ranked
             for j, cands in enumerate(ranked):
                 for c in cands[: self.fanout[j]]:
+                    m = None
+                    if states is not None:
+                        m = states[j].fork()
+                        if not accept_all(m, [c]):
+                            m = None
                     chains.append(_Chain(context=s.slots + s.glue_slots[: j + 1], first=c,
-                                         first_pos=len(s.tokens) + j + 1, sampling=s.sampling))
+                                         first_pos=len(s.tokens) + j + 1, sampling=s.sampling,
+                                         matcher=m))
                     owners.append((s, j, c))
         self._run_chains(chains)
         for (s, j, c), ch in zip(owners, chains):
@@ -231,6 +277,34 @@ class Speculator:
         self.fanout = self.estimator.schedule
         seq.ranked = []
 
+    # ---- grammar-aware drafting -------------------------------------------------------------
+    def _begin_matcher(self, b: Begin):
+        """The request's grammar state after its generated tokens and `pending`, or None."""
+        if not b.grammar_kind:
+            return None
+        try:
+            m = self.grammars.matcher(b.grammar_kind, b.grammar)
+            start = max(0, min(int(b.grammar_start), len(b.prompt)))
+            if m is not None and accept_all(m, b.prompt[start:] + [b.pending]):
+                return m
+        except Exception:  # drafting unmasked is always exact
+            pass
+        return None
+
+    def _glue_states(self, s: DraftSeq) -> list:
+        """Grammar state at each glue position j (after pending, x_1..x_j); None past a draft
+        token the grammar forbids (the target can never accept it, so nothing there to fork)."""
+        states = [s.matcher.fork()]
+        for t in s.spec:
+            prev = states[-1]
+            nxt = None
+            if prev is not None and not prev.is_terminated():
+                nxt = prev.fork()
+                if not nxt.accept_token(int(t)):
+                    nxt = None
+            states.append(nxt)
+        return states
+
     # ---- helpers -----------------------------------------------------------------------
     def _propose(self, chains: list[_Chain], logits: torch.Tensor, step: int, fed: list[int]) -> list[int]:
         """Greedy chains take the argmax; sampled ones draw from q' (Saguaro-rescaled q).
@@ -251,7 +325,7 @@ class Speculator:
             torch.tensor([c.sampling.min_p for c in sub]),
         )
         fan = self.fanout[min(step, len(self.fanout) - 1)]
-        q = saguaro_rescale_ref(q, torch.full((len(sub),), fan + 1), self.saguaro_c)
+        q = saguaro_rescale(q, torch.full((len(sub),), fan + 1, device=q.device), self.saguaro_c)
         u = torch.cat([seeded_uniforms(c.sampling.seed, (c.first_pos + step, c.first, 0), 1) for c in sub])
         drawn = inverse_cdf(q, u).tolist()
         for i, c, t, row in zip(rows, sub, drawn, q):
@@ -285,7 +359,8 @@ class Speculator:
     def _neural(self, items: list[tuple[DraftSeq, int]]) -> list[tuple[list[int], Optional[torch.Tensor]]]:
         """Just-in-time drafting: K steps from the true context (seq committed + t)."""
         self._ensure_kv([s for s, _ in items])
-        chains = [_Chain(context=list(s.slots), first=t, first_pos=len(s.tokens), sampling=s.sampling)
+        chains = [_Chain(context=list(s.slots), first=t, first_pos=len(s.tokens), sampling=s.sampling,
+                         matcher=s.matcher.fork() if s.matcher is not None else None)
                   for s, t in items]
         self._run_chains(chains)
         return [(c.out, c.q()) for c in chains]
@@ -306,9 +381,14 @@ class Speculator:
                     new,
                     [c.context + c.slots for c in chains],
                 )
+                grammar = [c.matcher for c in chains]
+                if any(m is not None for m in grammar):  # never propose what the grammar forbids
+                    logits = mask_logits(logits, fill_masks(grammar, self.grammars.vocab_size, logits.device))
                 nxt = self._propose(chains, logits, step, cur)
                 for c, t in zip(chains, nxt):
                     c.out.append(t)
+                    if c.matcher is not None and not accept_all(c.matcher, [t]):
+                        c.matcher = None
                 cur = nxt
         finally:
             for c in chains:

@@ -20,13 +20,27 @@ class SSDStats:
     draft_tree_s: float = 0.0  # draft time spent pre-drafting (glue + tree)
     draft_lookup_s: float = 0.0
     draft_failures: int = 0  # decode steps served without the draft (dead, late, restarting)
+    round_resyncs: int = 0  # rounds the draft refused as out of order (then resynced)
     draft_restarts: int = 0
     refusals: int = 0  # requests the draft refused (then served without it), by reason below
     refusal_reasons: dict = field(default_factory=dict)
     draft_pid: Optional[int] = None
+    config: dict = field(default_factory=dict)  # the live SSD settings: K, C, backup, draft, ...
     fanout: list = field(default_factory=list)  # the live schedule F_0..F_K
     accept_rate_est: Optional[float] = None  # the draft's online estimates behind it
     power_est: Optional[float] = None
+    draft_overrun_s: float = 0.0  # wait for a draft tree that outlasted the verify
+    handoff_s: float = 0.0  # the rest of the wait beyond the draft's lookup: transport, decoding
+    backup_neural: int = 0  # rounds whose misses the neural backup answered
+    backup_fast: int = 0
+    backup_threshold: Optional[int] = None  # the adaptive backup's live b*
+    draft_pool_used: Optional[int] = None  # draft KV slots in use after the last round
+    draft_pool_size: Optional[int] = None
+    draft_rejected_messages: int = 0  # malformed/stale messages the draft refused
+    worker_rejected_messages: int = 0  # ... and the worker dropped
+    plain_reasons: dict = field(default_factory=dict)  # plain-path rounds by reason
+    grammar_spec_rounds: int = 0  # speculated rounds of grammar-constrained requests
+    grammar_accepted: int = 0
 
     def record_round(self, ks, hits, wait_s, plain) -> None:
         self.steps += 1
@@ -48,9 +62,26 @@ class SSDStats:
         key = reason.split(":")[0][:80]
         self.refusal_reasons[key] = self.refusal_reasons.get(key, 0) + 1
 
-    def record_draft_times(self, tree_s: float, lookup_s: float) -> None:
+    def record_draft_times(self, tree_s: float, lookup_s: float, wait_s: float = 0.0,
+                           gap_s: float = float("inf")) -> None:
+        """Split the wait: the draft's tree still running when the Step arrived (its tree took
+        longer than the `gap_s` between the previous reply and this Step), its lookup, and the
+        rest, the hand-off (transport, encoding, decoding)."""
+        overrun = max(0.0, tree_s - gap_s)
         self.draft_tree_s += tree_s
         self.draft_lookup_s += lookup_s
+        self.draft_overrun_s += min(overrun, wait_s)
+        self.handoff_s += max(0.0, wait_s - lookup_s - overrun)
+
+    def record_health(self, h) -> None:
+        self.draft_pool_used, self.draft_pool_size = h.pool_used, h.pool_size
+        self.draft_rejected_messages = h.rejected
+        if h.backup == "neural":
+            self.backup_neural += 1
+        elif h.backup == "fast":
+            self.backup_fast += 1
+        if h.backup_threshold:
+            self.backup_threshold = h.backup_threshold
 
     def record_plan(self, fanout, accept_rate: float, power: float) -> None:
         if fanout:
@@ -61,9 +92,14 @@ class SSDStats:
     def snapshot(self) -> dict:
         d = dict(self.__dict__)
         d["refusal_reasons"] = dict(self.refusal_reasons)
+        d["config"] = dict(self.config, fanout=list(self.fanout), backup_threshold=self.backup_threshold)
+        d["plain_reasons"] = dict(self.plain_reasons)
         d["accept_length"] = self.emitted / self.spec_rounds if self.spec_rounds else None
         d["cache_hit_rate"] = self.hits / self.lookups if self.lookups else None
         d["draft_wait_ms_per_step"] = 1e3 * self.draft_wait_s / self.steps if self.steps else None
+        d["handoff_ms_per_step"] = 1e3 * self.handoff_s / self.steps if self.steps else None
+        d["draft_tree_ms_per_step"] = 1e3 * self.draft_tree_s / self.steps if self.steps else None
+        d["draft_overrun_ms_per_step"] = 1e3 * self.draft_overrun_s / self.steps if self.steps else None
         return d
 
 

@@ -3,8 +3,10 @@
 - Greedy requests accept while x_{i+1} == argmax p_i and emit argmax p_k at the first mismatch.
 - Sampled requests use lossless rejection sampling against the proposal q' the draft really
   sampled from (kernels/rejection.py), with p formed exactly as SGLang's sampler forms it.
-- Requests whose next token depends on more than (temperature, top-k, top-p, min-p) -- penalties,
-  logit bias, custom logit processors, min_new_tokens, grammars -- are served by the exact plain
+- Grammar-constrained requests are speculated too: the worker masks each verify position with the
+  grammar state after the draft tokens before it (sglang_ssd/grammar.py), then accepts as above.
+- Requests whose next token depends on more than (temperature, top-k, top-p, min-p, grammar) --
+  penalties, logit bias, custom logit processors, min_new_tokens -- are served by the exact plain
   path: nothing accepted, t* from SGLang's own sampler on the first position.
 """
 
@@ -23,18 +25,28 @@ class ChainResult:
     t_star: list[int]
 
 
+def plain_path_reason(req):
+    """Why emitting more than one token per round for `req` could change its output (the name
+    of the parameter), or None when it can be speculated. Grammars are speculated (masked)."""
+    sp = req.sampling_params
+    if sp.frequency_penalty != 0.0:
+        return "frequency_penalty"
+    if sp.presence_penalty != 0.0:
+        return "presence_penalty"
+    if sp.repetition_penalty != 1.0:
+        return "repetition_penalty"
+    if sp.min_new_tokens > 0:
+        return "min_new_tokens"
+    if sp.logit_bias:
+        return "logit_bias"
+    if getattr(req, "custom_logit_processor", None) is not None:
+        return "custom_logit_processor"
+    return None
+
+
 def needs_plain_path(req) -> bool:
     """True when emitting more than one token per round for `req` could change its output."""
-    sp = req.sampling_params
-    return (
-        sp.frequency_penalty != 0.0
-        or sp.presence_penalty != 0.0
-        or sp.repetition_penalty != 1.0
-        or sp.min_new_tokens > 0
-        or sp.logit_bias
-        or getattr(req, "custom_logit_processor", None) is not None
-        or getattr(req, "grammar", None) is not None
-    )
+    return plain_path_reason(req) is not None
 
 
 def accept_chain(drafts: torch.Tensor, logits: torch.Tensor, plain: torch.Tensor,
@@ -57,14 +69,14 @@ def accept_sampled(logits: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, 
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """k, t* for sampled rows. logits [b, K+1, V]; drafts [b, K]; q [b, K, V] (one-hot rows for
     deterministic proposals); params: temperature/top_k/top_p/min_p [b] tensors."""
-    from sglang_ssd.kernels.rejection import chain_accept_ref
+    from sglang_ssd.kernels.dispatch import chain_accept
     from sglang_ssd.sampling import processed_probs
 
     b, n, v = logits.shape
     rep = {name: t.repeat_interleave(n) for name, t in params.items()}
     p = processed_probs(logits.reshape(b * n, v), rep["temperature"], rep["top_k"], rep["top_p"],
                         rep["min_p"]).view(b, n, v)
-    return chain_accept_ref(p, q, drafts, u_accept, u_residual, residual_q)
+    return chain_accept(p, q, drafts, u_accept, u_residual, residual_q)
 
 
 def emitted_tokens(drafts: torch.Tensor, k: torch.Tensor, t_star: torch.Tensor) -> ChainResult:

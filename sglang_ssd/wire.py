@@ -14,6 +14,14 @@ import msgspec
 
 
 PROTOCOL_VERSION = 1
+# Larger messages are dropped by ZeroMQ before they are read (ZMQ_MAXMSGSIZE): a Step carries
+# prompts and outcomes, so 256 MiB is far beyond any real one.
+MAX_TO_DRAFT_BYTES = 256 << 20
+
+
+def max_reply_bytes(k: int, vocab_size: int, max_requests: int) -> int:
+    """Room for a StepReply carrying q' [K, V] float32 for every request, twice over."""
+    return 2 * k * vocab_size * 4 * max(1, max_requests) + (16 << 20)
 
 
 class WireError(ValueError):
@@ -40,6 +48,12 @@ class Begin(msgspec.Struct, frozen=True):
     prompt: list[int]
     pending: int
     sampling: Optional[Sampling] = None
+    # The request's grammar constraint (grammar-aware drafting): kind "json" / "regex" / "ebnf" /
+    # "structural_tag" ("" = none), its spec string, and where the generated tokens (the grammar's
+    # input, followed by `pending`) start in `prompt`.
+    grammar_kind: str = ""
+    grammar: str = ""
+    grammar_start: int = 0
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -56,11 +70,15 @@ class Outcome(msgspec.Struct, frozen=True):
 
 
 class Step(msgspec.Struct, tag="step", frozen=True):
+    """verify_s: the target's measured verify time per round (seconds, 0 = not known yet), which
+    the adaptive backup weighs against the neural backup's own latency."""
+
     round: int
     begins: list[Begin] = []
     outcomes: list[Outcome] = []
     releases: list[str] = []
     reply: bool = True
+    verify_s: float = 0.0
 
 
 class Spec(msgspec.Struct, frozen=True):
@@ -94,12 +112,43 @@ class Plan(msgspec.Struct, frozen=True):
     power: float = 0.0
 
 
+class Health(msgspec.Struct, frozen=True):
+    """The draft's side of the books: KV pool usage, messages it rejected, the backup it used."""
+
+    pool_used: int = 0
+    pool_size: int = 0
+    rejected: int = 0  # malformed, stale or out-of-order messages refused so far
+    backup: str = ""  # "neural" / "fast": the backup that answered this round's misses
+    misses: int = 0
+    backup_threshold: int = 0  # the adaptive policy's live b*
+    last_round: int = -1  # the latest round the draft accepted
+    out_of_order: bool = False  # this Step was refused whole: its round was not after last_round
+
+
 class StepReply(msgspec.Struct, tag="reply", frozen=True):
     round: int
     specs: list[Spec] = []
     refusals: list[Refusal] = []
     times: DraftTimes = DraftTimes()
     plan: Plan = Plan()
+    health: Health = Health()
+
+
+class Hello(msgspec.Struct, tag="hello", frozen=True):
+    """Worker -> standalone draft server: open a session with these speculation settings.
+
+    A spawned draft process gets them on its command line instead. A new Hello ends the previous
+    session (a restarted or reconnected worker) and the server answers with Ready.
+    """
+
+    protocol: int
+    session: str
+    k: int
+    fanout: list[int]
+    backup: str = "adaptive"
+    backup_batch_threshold: int = 8
+    saguaro_c: float = 1.0
+    fanout_budget: Optional[int] = None
 
 
 class Ready(msgspec.Struct, tag="ready", frozen=True):
@@ -112,6 +161,7 @@ class Ready(msgspec.Struct, tag="ready", frozen=True):
     fanout: list[int]
     device: str
     tokenizer_digest: Optional[str] = None
+    session: str = ""  # echoes Hello.session (standalone server)
 
 
 class Fatal(msgspec.Struct, tag="fatal", frozen=True):
@@ -122,7 +172,7 @@ class Shutdown(msgspec.Struct, tag="shutdown", frozen=True):
     pass
 
 
-ToDraft = Union[Step, Shutdown]
+ToDraft = Union[Step, Hello, Shutdown]
 FromDraft = Union[StepReply, Ready, Fatal]
 
 _encoder = msgspec.msgpack.Encoder()

@@ -30,22 +30,16 @@ from sglang.srt.utils import is_cpu
 from sglang_ssd import stats as ssd_stats
 from sglang_ssd import wire
 from sglang_ssd.backup import ngram_propose
-from sglang_ssd.config import get_config
+from sglang_ssd.config import choose_draft_device, endpoint_for_replica, get_config
 from sglang_ssd.draft_client import DraftClient, DraftStartError
 from sglang_ssd.vocab import tokenizer_digest
 from sglang_ssd.fanout import resolve_fanout
-from sglang_ssd.sampling import is_greedy, seeded_uniforms
-from sglang_ssd.verify import accept_chain, accept_sampled, emitted_tokens, needs_plain_path
+from sglang_ssd.kernels.rejection import inverse_cdf
+from sglang_ssd.sampling import is_greedy, processed_probs, seeded_uniforms
+from sglang_ssd.grammar import apply_chain_mask, chain_grammar_mask, grammar_spec_of
+from sglang_ssd.verify import accept_chain, accept_sampled, emitted_tokens, needs_plain_path, plain_path_reason
 
 logger = logging.getLogger(__name__)
-
-
-def _default_draft_device(target_device: str, gpu_id: int) -> str:
-    if target_device == "cpu":
-        return "cpu"
-    if torch.cuda.is_available() and torch.cuda.device_count() > gpu_id + 1:
-        return f"cuda:{gpu_id + 1}"
-    return f"cuda:{gpu_id}"
 
 
 class SSDWorker(BaseSpecWorker):
@@ -72,15 +66,30 @@ class SSDWorker(BaseSpecWorker):
         self.refused: set[str] = set()  # rids the draft refused: served without it from then on
         self.round = 0
         self._generation = 0  # draft process generation the synced states belong to
+        self._last_reply_at = float("-inf")
+        self._verify_s = 0.0  # moving average of the target's verify forward (the backup policy uses it)
         self.client: Optional[DraftClient] = None
+        self.metrics = None
         if self.tp_rank == 0:
             self.client = self._start_draft(server_args, gpu_id)
+            self._generation = self.client.generation
+            if getattr(server_args, "enable_metrics", False):
+                from sglang_ssd.metrics import SSDMetrics
+
+                self.metrics = SSDMetrics({"model_name": str(server_args.served_model_name
+                                                             or server_args.model_path)})
 
     # ---- draft process ---------------------------------------------------------------------
     def _start_draft(self, server_args: ServerArgs, gpu_id: int) -> DraftClient:
         cfg = self.cfg
         target_device = str(server_args.device)
-        device = cfg.draft_device or _default_draft_device(target_device, gpu_id)
+        dp_rank = get_parallel().dp_rank or 0
+        device = choose_draft_device(
+            cfg.draft_device, target_device, torch.cuda.device_count() if target_device != "cpu" else 0,
+            base_gpu_id=int(getattr(server_args, "base_gpu_id", 0) or 0), tp_size=int(server_args.tp_size),
+            dp_size=int(getattr(server_args, "dp_size", 1) or 1), dp_rank=dp_rank,
+            gpu_id_step=int(getattr(server_args, "gpu_id_step", 1) or 1))
+        endpoint = cfg.draft_endpoint and endpoint_for_replica(cfg.draft_endpoint, dp_rank)
         if cfg.draft_dtype:
             dtype = cfg.draft_dtype
         elif device == "cpu":
@@ -111,7 +120,9 @@ class SSDWorker(BaseSpecWorker):
                 backup=cfg.backup, backup_batch_threshold=cfg.backup_batch_threshold, device=device,
                 dtype=dtype, kv_tokens=cfg.draft_kv_tokens,
                 threads=cfg.draft_threads or (1 if device == "cpu" else None),
-                endpoint=cfg.draft_endpoint, timeout_s=cfg.draft_timeout,
+                endpoint=endpoint, curve_keys=cfg.curve_keys, timeout_s=cfg.draft_timeout,
+                max_reply_bytes=wire.max_reply_bytes(self.k, self.vocab_size,
+                                                     int(server_args.max_running_requests or 1024)),
                 start_timeout_s=cfg.draft_start_timeout, saguaro_c=cfg.saguaro_c,
                 fanout_budget=None if cfg.fanout is not None else sum(self.fanout),
                 check_ready=check_ready, engine=cfg.draft_engine,
@@ -120,6 +131,12 @@ class SSDWorker(BaseSpecWorker):
             raise ValueError(str(e)) from None
         ready = client.ready
         self.stats.draft_pid = ready.pid
+        self.stats.config = dict(
+            k=self.k, saguaro_c=cfg.saguaro_c, backup=cfg.backup,
+            fanout_budget=None if cfg.fanout is not None else sum(self.fanout),
+            explicit_fanout=cfg.fanout, draft_model=draft_path, draft_device=ready.device,
+            draft_endpoint=endpoint or "spawned (private ipc)", draft_engine=cfg.draft_engine,
+            draft_timeout_ms=cfg.draft_timeout * 1e3, curve=bool(cfg.curve_keys))
         self.stats.fanout = list(ready.fanout)
         logger.info("SSD draft process %d ready on %s (K=%d, fan-out %s)", ready.pid, ready.device,
                     self.k, ready.fanout)
@@ -151,7 +168,21 @@ class SSDWorker(BaseSpecWorker):
             self.stats.draft_restarts = self.client.restarts
             self.stats.draft_pid = self.client.pid
             self.synced.clear()
+        self.stats.worker_rejected_messages = self.client.rejected
+        if reply is not None:
+            self.stats.record_health(reply.health)
         return reply
+
+    def on_idle(self) -> None:
+        """The scheduler has nothing running: let the draft free every request it still holds
+        (finished requests are otherwise released only with the next round)."""
+        if self.tp_rank != 0 or not self.synced or self.client is None:
+            return
+        releases = list(self.synced)
+        self.synced.clear()
+        self.refused.clear()
+        self.round += 1
+        self._send(wire.Step(round=self.round, releases=releases))  # the reply updates pool usage
 
     # ---- the scheduler's entry point ------------------------------------------------------
     def forward_batch_generation(self, batch: ScheduleBatch, on_publish=None, grammar_barrier=None,
@@ -161,9 +192,16 @@ class SSDWorker(BaseSpecWorker):
         return self._prefill(batch, on_publish, pp_proxy_tensors)
 
     def _prefill(self, batch, on_publish, pp_proxy_tensors) -> GenerationBatchResult:
+        seeded = [i for i, r in enumerate(batch.reqs) if _seeded_first_token(r)]
+        batch._ssd_seeded_rows = seeded  # patches/seeded_first_token.py keeps their logits
         result = self.target_worker.forward_batch_generation(batch, pp_proxy_tensors=pp_proxy_tensors)
         bs = len(batch.reqs)
         predict = result.next_token_ids
+        first_logits = getattr(batch, "_ssd_first_logits", None)
+        batch._ssd_seeded_rows = batch._ssd_first_logits = None
+        if seeded and first_logits is not None and batch.forward_mode.is_extend():
+            predict = self._seeded_first_tokens(batch, seeded, first_logits, predict)
+            result.next_token_ids = predict
         if bs and batch.forward_mode.is_extend():
             firsts = predict.tolist()
             begins = []
@@ -172,7 +210,7 @@ class SSDWorker(BaseSpecWorker):
                     continue
                 prompt = list(req.origin_input_ids) + list(req.output_ids)
                 begins.append(wire.Begin(rid=req.rid, prompt=prompt, pending=int(t),
-                                         sampling=_sampling_of(req)))
+                                         sampling=_sampling_of(req), **_grammar_of(req)))
                 self.synced[req.rid] = (-1, int(t))
             if begins:
                 self.round += 1
@@ -194,6 +232,21 @@ class SSDWorker(BaseSpecWorker):
             speculative_num_draft_tokens=self.n,
         )
 
+    def _seeded_first_tokens(self, batch, rows, logits, predict):
+        """The first token of each seeded request, drawn from the distribution SGLang's sampler
+        would use, with a uniform that is a function of (seed, prompt length) only."""
+        sps = [batch.reqs[i].sampling_params for i in rows]
+        probs = processed_probs(logits.float(), torch.tensor([sp.temperature for sp in sps]).to(logits.device),
+                                torch.tensor([sp.top_k for sp in sps]).to(logits.device),
+                                torch.tensor([sp.top_p for sp in sps]).to(logits.device),
+                                torch.tensor([sp.min_p for sp in sps]).to(logits.device))
+        u = torch.cat([seeded_uniforms(sp.sampling_seed, (len(batch.reqs[i].origin_input_ids), 0), 1)
+                       for sp, i in zip(sps, rows)])
+        tokens = inverse_cdf(probs.cpu(), u)
+        predict = predict.clone()
+        predict[torch.tensor(rows, device=predict.device)] = tokens.to(predict.device, predict.dtype)
+        return predict
+
     def _exchange(self, batch):
         """One round with the draft: drafts, proposals q' (None: deterministic), hit flags
         (None: no cache lookup) per request, and the time spent waiting."""
@@ -212,22 +265,34 @@ class SSDWorker(BaseSpecWorker):
             if st is None:  # resync: whatever the draft knew of it is stale
                 releases.append(req.rid)
                 begins.append(wire.Begin(rid=req.rid, prompt=list(req.origin_input_ids) + list(req.output_ids[:-1]),
-                                         pending=int(req.output_ids[-1]), sampling=_sampling_of(req)))
+                                         pending=int(req.output_ids[-1]), sampling=_sampling_of(req),
+                                         **_grammar_of(req)))
                 st = (-1, int(req.output_ids[-1]))
+                self.synced[req.rid] = st
             outcomes.append(wire.Outcome(rid=req.rid, k=st[0], t_star=st[1], committed_len=int(L)))
         self.round += 1
         t0 = time.perf_counter()
-        reply = self._send(wire.Step(round=self.round, begins=begins, outcomes=outcomes, releases=releases))
+        reply = self._send(wire.Step(round=self.round, begins=begins, outcomes=outcomes, releases=releases,
+                                     verify_s=self._verify_s))
         wait = time.perf_counter() - t0
         specs = {}
-        if reply is not None:
+        if reply is not None and reply.health.out_of_order:
+            # The draft saw a later round than ours (a corrupted or forged Step got through):
+            # move past it and resync every request next round instead of refusing them.
+            logger.warning("SSD draft refused round %d as out of order (its last: %d); resyncing",
+                           self.round, reply.health.last_round)
+            self.round = max(self.round, reply.health.last_round)
+            self.synced.clear()
+            self.stats.round_resyncs += 1
+        elif reply is not None:
             specs = {s.rid: s for s in reply.specs if len(s.tokens) == self.k}
             for r in reply.refusals:
                 logger.warning("SSD draft refused request %s, serving it without the draft: %s",
                                r.rid, r.reason)
                 self.stats.record_refusal(r.reason)
                 self.refused.add(r.rid)
-            self.stats.record_draft_times(reply.times.tree_s, reply.times.lookup_s)
+            self.stats.record_draft_times(reply.times.tree_s, reply.times.lookup_s, wait, t0 - self._last_reply_at)
+            self._last_reply_at = time.perf_counter()
             self.stats.record_plan(reply.plan.fanout, reply.plan.accept_rate, reply.plan.power)
         else:
             self.stats.draft_failures += 1
@@ -285,14 +350,23 @@ class SSDWorker(BaseSpecWorker):
         drafts = self._broadcast(drafts.to(self.device))
 
         self._prepare_verify(batch, drafts)
+        t0 = time.perf_counter()
         result = self.target_worker.forward_batch_generation(batch, is_verify=True)
+        if torch.cuda.is_available() and str(self.device).startswith("cuda"):
+            torch.cuda.synchronize()  # the verify time is the kernels', not their launch
+        took = time.perf_counter() - t0
+        self._verify_s = 0.9 * self._verify_s + 0.1 * took if self._verify_s else took
         logits_output = result.logits_output
         logits = logits_output.next_token_logits
 
-        plain = torch.tensor([needs_plain_path(r) for r in batch.reqs], dtype=torch.bool, device=self.device)
+        reasons = [plain_path_reason(r) for r in batch.reqs]
+        gmask, grammar_rows = self._grammar_mask(batch, drafts, reasons)
+        plain = torch.tensor([r is not None for r in reasons], dtype=torch.bool, device=self.device)
         plain_tokens = torch.zeros(bs, dtype=torch.int64, device=self.device)
         if bool(plain.any()):
             plain_tokens = self._sample_first_position(batch, logits)
+        if gmask is not None:  # after the plain rows' sampler, which masks by itself
+            apply_chain_mask(logits, *gmask)
         res = accept_chain(drafts, logits, plain, plain_tokens)
         sampled = [i for i, r in enumerate(batch.reqs) if not plain[i] and _sampling_of(r) is not None]
         if sampled:
@@ -309,6 +383,9 @@ class SSDWorker(BaseSpecWorker):
             if req.rid in self.synced or self.tp_rank != 0:
                 self.synced[req.rid] = (kk, ts)
         self.stats.record_round(res.k, hits, wait, [bool(p) for p in plain.tolist()])
+        if self.metrics is not None:
+            self.metrics.publish(self.stats)
+        self._record_reasons(reasons, grammar_rows, res.k)
         logits_output.customized_info = {
             "ssd_accepted": list(res.k),
             "ssd_hit": [(-1 if h is None else int(h)) for h in hits],
@@ -327,6 +404,41 @@ class SSDWorker(BaseSpecWorker):
                                               accept_tokens=accept_tokens, accept_lens=accept_lens),
             speculative_num_draft_tokens=n,
         )
+
+    def _grammar_mask(self, batch, drafts, reasons):
+        """The chain grammar mask of the speculated grammar requests: ((handle, mask) or None,
+        their rows). A request whose grammar fails here is served by the plain path instead."""
+        reqs = batch.reqs
+        rows = [i for i, r in enumerate(reqs) if reasons[i] is None and _grammar_live(r)]
+        if not rows:
+            return None, []
+        d = drafts.cpu()
+        vocab = int(batch.sampling_info.vocab_size)
+        ok, gm = [], None
+        for i in rows:  # one row at a time: a broken grammar only sends its own request plain
+            try:
+                one = chain_grammar_mask(reqs, d, [i], vocab)
+            except Exception as e:
+                logger.warning("SSD grammar mask failed for %s, serving it by the plain path: %s",
+                               reqs[i].rid, e)
+                reasons[i] = "grammar_error"
+                continue
+            if gm is None:
+                gm = one
+            else:
+                n = self.n
+                gm[1][i * n:(i + 1) * n] = one[1][i * n:(i + 1) * n]
+            ok.append(i)
+        return gm, ok
+
+    def _record_reasons(self, reasons, grammar_rows, ks) -> None:
+        """Plain-path rounds by reason, and speculated grammar rounds, in the SSD statistics."""
+        st = self.stats
+        for r in reasons:
+            if r is not None:
+                st.plain_reasons[r] = st.plain_reasons.get(r, 0) + 1
+        st.grammar_spec_rounds += len(grammar_rows)
+        st.grammar_accepted += sum(ks[i] for i in grammar_rows)
 
     def _accept_sampled(self, batch, drafts, logits, qs, rows, res):
         """Lossless rejection sampling for the sampled rows; the other rows keep `res`."""
@@ -348,7 +460,10 @@ class SSDWorker(BaseSpecWorker):
         }
         pos = batch.seq_lens.tolist()
         u = torch.stack([seeded_uniforms(sps[j].sampling_seed, (pos[i], 1), k + 1) for j, i in enumerate(rows)])
-        kk, ts = accept_sampled(lg.cpu(), d, q, params, u[:, :k], u[:, k])
+        dev = lg.device  # on a GPU the acceptance runs there (Triton kernel, kernels/dispatch.py)
+        params = {name: t.to(dev) for name, t in params.items()}
+        kk, ts = accept_sampled(lg, d.to(dev), q.to(dev), params, u[:, :k].to(dev), u[:, k].to(dev))
+        kk, ts = kk.cpu(), ts.cpu()
         k_all = torch.tensor(res.k)
         t_all = torch.tensor(res.t_star)
         k_all[rows] = kk
@@ -407,6 +522,26 @@ class SSDWorker(BaseSpecWorker):
         accept_len = res.accept_len.to(self.device).view(-1, 1)
         accept_index = torch.where(ar < accept_len, base + ar, torch.full_like(ar + base, -1)).to(torch.int32)
         compute_spec_logprobs(batch, logits_output, res.tokens.to(self.device).flatten(), accept_index=accept_index)
+
+
+def _grammar_live(req) -> bool:
+    g = getattr(req, "grammar", None)
+    return g is not None and not getattr(g, "finished", False) and not g.is_terminated()
+
+
+def _grammar_of(req) -> dict:
+    """Begin's grammar fields: the constraint, for the draft's grammar-aware drafting."""
+    kind, spec = grammar_spec_of(req)
+    if not kind:
+        return {}
+    return {"grammar_kind": kind, "grammar": spec, "grammar_start": len(req.origin_input_ids)}
+
+
+def _seeded_first_token(req) -> bool:
+    """Whether SSD draws this request's first token itself (seeded, sampled, nothing else that
+    SGLang's sampler would apply: grammar, penalties, logprobs of the sampled token)."""
+    return (req.sampling_params.sampling_seed is not None and _sampling_of(req) is not None
+            and getattr(req, "grammar", None) is None and not req.return_logprob)
 
 
 def _sampling_of(req) -> Optional[wire.Sampling]:

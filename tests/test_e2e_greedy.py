@@ -259,3 +259,20 @@ def test_radix_cache_reuses_kv_committed_by_ssd(servers, prompts, hf_target):
     second = srv.generate(cont, {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True})
     assert second["meta_info"]["cached_tokens"] >= len(p) + 16
     assert second["output_ids"] == hf_greedy(hf_target, cont, 16)
+
+
+def test_same_seed_same_output_through_the_server(servers, prompts):
+    """sampling_seed makes a sampled request reproducible, first token included, whether it runs
+    alone or batched with others; another seed gives another output."""
+    srv = ssd(servers, "draft_same")
+    sp = {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 24, "ignore_eos": True, "sampling_seed": 1234}
+    first = srv.generate(prompts[2], sp)["output_ids"]
+    assert srv.generate(prompts[2], sp)["output_ids"] == first
+    with ThreadPoolExecutor(4) as ex:
+        batch = list(ex.map(lambda p: srv.generate(p, sp)["output_ids"], [prompts[2], prompts[3]] * 2))
+    assert batch[0] == batch[2] == first and batch[1] == batch[3]
+    other = srv.generate(prompts[2], dict(sp, sampling_seed=99))["output_ids"]
+    assert other != first
+    firsts = {srv.generate(prompts[2], dict(sp, sampling_seed=s, max_new_tokens=1))["output_ids"][0]
+              for s in range(12)}
+    assert len(firsts) > 1  # the first token follows the seed, it is not fixed

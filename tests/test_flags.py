@@ -53,6 +53,9 @@ BAD = [
     (["--ssd-backup-batch-threshold", "0"], "--ssd-backup-batch-threshold='0'"),
     (["--speculative-num-steps", "0"], "--speculative-num-steps=0"),
     (["--speculative-num-steps", "99"], "--speculative-num-steps=99"),
+    (["--ssd-curve-keys", "/nonexistent/keys"], "--ssd-curve-keys='/nonexistent/keys'"),  # no endpoint
+    (["--ssd-draft-endpoint", "tcp://127.0.0.1:5557", "--ssd-curve-keys", "/nonexistent/keys"],
+     "--ssd-curve-keys='/nonexistent/keys': missing server.key, client.key_secret"),
 ]
 
 

@@ -34,9 +34,44 @@ def test_draft_is_a_separate_process_over_zmq(own_server):
     assert pid in kids
     cmd = " ".join(kids[pid].cmdline())
     assert "sglang_ssd.draft_process" in cmd and '"endpoint": "ipc://' in cmd
-    # Its endpoint lives in a private directory only its owner can enter.
+    # Once the draft connected, its socket file and private directory are gone from disk.
     endpoint = cmd.split('"endpoint": "ipc://', 1)[1].split('"', 1)[0]
-    assert os.stat(os.path.dirname(endpoint)).st_mode & 0o077 == 0
+    assert not os.path.exists(endpoint) and not os.path.exists(os.path.dirname(endpoint))
+
+
+def test_draft_socket_is_born_in_a_private_directory(monkeypatch, tmp_path):
+    """At spawn the ipc endpoint lives in a fresh 0700 directory; a draft that dies while loading
+    is reported, and the directory is removed."""
+    from sglang_ssd import draft_client
+    from sglang_ssd.draft_client import DraftClient, DraftStartError
+
+    seen = {}
+
+    class Dead:
+        returncode = 3
+        pid = 12345
+
+        def poll(self):
+            return 3
+
+    def fake_popen(cmd, *a, **kw):
+        import json
+
+        conf = json.loads(cmd[-1])
+        d = conf["socket_dir"]
+        seen.update(dir=d, mode=os.stat(d).st_mode & 0o777, sock=os.path.exists(os.path.join(d, "draft.sock")))
+        return Dead()
+
+    monkeypatch.setattr(draft_client.subprocess, "Popen", fake_popen)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    with pytest.raises(DraftStartError, match="exited with code 3"):
+        DraftClient(model_path="x", k=2, fanout=[1, 1, 1], backup="fast", backup_batch_threshold=8,
+                    device="cpu", dtype="float32", kv_tokens=1024, threads=1, endpoint=None,
+                    timeout_s=1, start_timeout_s=5)
+    assert seen["mode"] == 0o700 and seen["sock"] and seen["dir"].startswith(str(tmp_path))
+    assert not os.path.exists(seen["dir"])
 
 
 PROMPTS = [[5, 6, 7, 8, 9], [20, 21, 22], [100, 200, 300, 17], [7, 7, 7], [40, 41], [9, 8, 7, 6],
@@ -90,15 +125,22 @@ def test_failed_draft_loses_no_request_and_comes_back(own_server, hf_target, how
 
 
 @pytest.mark.slow
-def test_no_process_left_after_server_stops(models, log_dir):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_no_process_or_socket_left_after_server_stops(models, log_dir, tmp_path, sig):
+    """SIGTERM (the server's own shutdown) or SIGKILL of the server's main process (the parent of
+    its scheduler, which is the draft's parent): no process and no SSD socket file survive."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
                           str(models["draft_random"])]
-    srv = CPUServer(models["target"], args, log_path=str(log_dir / "orphan_test.log"))
+    srv = CPUServer(models["target"], args, log_path=str(log_dir / f"orphan_test_{sig.name}.log"),
+                    env=dict(os.environ, TMPDIR=str(tmp)))
     try:
+        srv.generate([5, 6, 7], {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True})
         draft = srv.ssd_stats()["draft_pid"]
         tree = set(_descendants(srv.proc.pid)) | {srv.proc.pid}
         assert draft in tree
-        srv.proc.send_signal(signal.SIGTERM)  # the server's own shutdown path, not a group kill
+        srv.proc.send_signal(sig)  # a signal to the main process only, not a group kill
         srv.proc.wait(timeout=60)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and any(psutil.pid_exists(p) and
@@ -107,6 +149,8 @@ def test_no_process_left_after_server_stops(models, log_dir):
             time.sleep(0.5)
         alive = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
         assert alive == []
+        left = [str(p) for p in tmp.rglob("*") if "sglang-ssd" in str(p)]  # SSD's own files
+        assert left == []
     finally:
         srv.stop()
 

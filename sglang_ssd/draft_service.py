@@ -1,0 +1,170 @@
+"""The draft side's message loop, shared by the spawned draft process and the standalone server.
+
+Answer each Step at once, then pre-draft the next round while the target verifies. Anything that
+cannot be decoded, comes out of order, or cannot be served is refused and counted, never fatal.
+A standalone server learns its speculation settings from the worker's Hello (a new Hello starts a
+new session: a restarted worker finds a clean draft); a spawned process gets them at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable, Optional
+
+import zmq
+
+from sglang_ssd import wire
+from sglang_ssd.config import BACKUP_POLICIES, MAX_K
+from sglang_ssd.draft_model import PoolFullError
+from sglang_ssd.fanout import FanoutEstimator
+from sglang_ssd.speculator import Speculator
+from sglang_ssd.vocab import tokenizer_digest
+
+logger = logging.getLogger("sglang_ssd.draft")
+
+PARENT_POLL_MS = 500
+
+
+def check_hello(h: wire.Hello, vocab_size: int) -> Optional[str]:
+    """Why a session's settings cannot be served, naming the value; None when they can."""
+    if h.protocol != wire.PROTOCOL_VERSION:
+        return f"protocol {h.protocol}, this draft speaks {wire.PROTOCOL_VERSION}"
+    if not 1 <= h.k <= MAX_K:
+        return f"k={h.k} outside [1, {MAX_K}]"
+    if len(h.fanout) != h.k + 1 or any(f < 0 or f >= vocab_size for f in h.fanout):
+        return f"fanout={h.fanout} is not K+1={h.k + 1} values in [0, {vocab_size})"
+    if h.backup not in BACKUP_POLICIES:
+        return f"backup={h.backup!r} not one of {BACKUP_POLICIES}"
+    if h.backup_batch_threshold < 1:
+        return f"backup_batch_threshold={h.backup_batch_threshold} < 1"
+    if not 0.0 < h.saguaro_c <= 1.0:
+        return f"saguaro_c={h.saguaro_c} outside (0, 1]"
+    if h.fanout_budget is not None and not 1 <= h.fanout_budget <= 4096:
+        return f"fanout_budget={h.fanout_budget} outside [1, 4096]"
+    return None
+
+
+class DraftService:
+    def __init__(self, model, model_path: str):
+        self.model = model
+        self.digest = tokenizer_digest(model_path)
+        self.spec: Optional[Speculator] = None
+        self.session = ""
+        self.last_round = -1
+        self.rejected = 0
+
+    def open(self, h: wire.Hello) -> wire.Ready:
+        """Start a session: forget every request of the previous one."""
+        if self.spec is not None:
+            self.spec.release(list(self.spec.seqs))
+        estimator = None
+        if h.fanout_budget:  # no explicit list: plan the schedule online
+            estimator = FanoutEstimator(h.k, int(h.fanout_budget), cap=self.model.vocab_size - 1)
+        self.spec = Speculator(self.model, h.k, list(h.fanout), h.backup, h.backup_batch_threshold,
+                               h.saguaro_c, estimator)
+        self.session = h.session
+        self.last_round = -1
+        return wire.Ready(protocol=wire.PROTOCOL_VERSION, pid=os.getpid(),
+                          vocab_size=self.model.vocab_size, k=self.spec.k, fanout=self.spec.fanout,
+                          device=str(self.model.device), tokenizer_digest=self.digest,
+                          session=h.session)
+
+    def _reject(self, why: str) -> None:
+        self.rejected += 1
+        if self.rejected & (self.rejected - 1) == 0:  # log the 1st, 2nd, 4th, 8th, ... one
+            logger.error("%s (%d rejected so far)", why, self.rejected)
+
+    def handle(self, raw: bytes) -> tuple[Optional[bytes], bool]:
+        """(reply or None, whether to pre-draft now). Raises SystemExit on Shutdown when spawned."""
+        try:
+            msg = wire.decode_to_draft(raw)
+        except wire.WireError as e:
+            self._reject(str(e))
+            return None, False
+        if isinstance(msg, wire.Shutdown):
+            raise _Shutdown()
+        if isinstance(msg, wire.Hello):
+            problem = check_hello(msg, self.model.vocab_size)
+            if problem:
+                self._reject(f"hello refused: {problem}")
+                return wire.encode(wire.Fatal(error=f"draft refused the session: {problem}")), False
+            logger.info("session %s: K=%d fan-out %s backup %s", msg.session, msg.k, msg.fanout, msg.backup)
+            return wire.encode(self.open(msg)), False
+        rids = {b.rid for b in msg.begins} | {o.rid for o in msg.outcomes}
+        if self.spec is None or msg.round <= self.last_round:  # stale, duplicated, out of order
+            why = "no session (send Hello first)" if self.spec is None else \
+                f"round {msg.round} is not after {self.last_round}"
+            self._reject(f"step refused: {why}")
+            if not msg.reply:
+                return None, False
+            return wire.encode(wire.StepReply(
+                round=msg.round, refusals=[wire.Refusal(rid=r, reason=why) for r in sorted(rids)],
+                health=wire.Health(rejected=self.rejected, last_round=self.last_round,
+                                   out_of_order=self.spec is not None))), False
+        self.last_round = msg.round
+        spec = self.spec
+        t0 = time.perf_counter()
+        try:
+            spec.verify_s = msg.verify_s
+            spec.release(msg.releases)
+            refusals = spec.begin(list(msg.begins))
+            specs, more, backup_s = spec.lookup(list(msg.outcomes)) if msg.outcomes else ([], [], 0.0)
+        except Exception as e:  # a round it cannot serve: refuse its requests, keep running
+            logger.exception("round %d failed; its requests are refused", msg.round)
+            spec.release(rids)
+            spec.drop_speculation()
+            refusals, specs, more, backup_s = [wire.Refusal(rid=r, reason=f"draft error: {e}") for r in rids], [], [], 0.0
+        if not msg.reply:
+            return None, True
+        pool = self.model.pool
+        return wire.encode(wire.StepReply(
+            round=msg.round, specs=specs, refusals=refusals + more,
+            times=wire.DraftTimes(tree_s=spec.last_tree_s, lookup_s=time.perf_counter() - t0,
+                                  backup_s=backup_s),
+            plan=spec.plan(),
+            health=wire.Health(pool_used=pool.num_used, pool_size=pool.size, rejected=self.rejected,
+                               backup=spec.last_backup, misses=spec.last_misses,
+                               backup_threshold=spec.backup_threshold(), last_round=self.last_round),
+        )), True
+
+    def speculate(self) -> None:
+        try:
+            self.spec.speculate()
+        except PoolFullError as e:
+            logger.warning("%s; this round's speculation is skipped", e)
+            self.spec.drop_speculation()
+        except Exception:
+            logger.exception("speculation failed; this round's speculation is skipped")
+            self.spec.drop_speculation()
+
+
+class _Shutdown(Exception):
+    pass
+
+
+def serve(sock: zmq.Socket, service: DraftService, alive: Callable[[], bool] = lambda: True,
+          exit_on_shutdown: bool = True) -> int:
+    """Run until Shutdown (when `exit_on_shutdown`) or until `alive()` turns False."""
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    while True:
+        if not poller.poll(PARENT_POLL_MS):
+            if not alive():
+                return 0
+            continue
+        raw = sock.recv()
+        try:
+            reply, draft_now = service.handle(raw)
+        except _Shutdown:
+            if exit_on_shutdown:
+                return 0
+            logger.info("worker closed session %s", service.session)
+            if service.spec is not None:
+                service.spec.release(list(service.spec.seqs))
+            continue
+        if reply is not None:
+            sock.send(reply)
+        if draft_now:
+            service.speculate()
