@@ -49,3 +49,46 @@ def test_gpu_server_ssd_matches_hf_greedy(models, log_dir, hf_target):
         os.killpg(proc.pid, 9)
         proc.wait()
         log.close()
+
+
+def test_triton_kernels_on_cuda_match_their_references():
+    """The compiled kernels (not the interpreter) against the torch references, on the GPU.
+    n accepted and the fork candidates must be equal; t* may differ only where a float64 partial
+    sum rounds differently in a tree reduction (allowed: 1 row in 200)."""
+    import torch
+
+    from sglang_ssd.kernels.dispatch import chain_accept, fork_topf, saguaro_rescale
+    from sglang_ssd.kernels.fork_triton import fork_topf_ref
+    from sglang_ssd.kernels.rejection import chain_accept_ref, saguaro_rescale_ref
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    b, k, v = 200, 4, 32000
+    p = torch.softmax(torch.randn(b, k + 1, v, device="cuda", generator=g) * 3, -1)
+    q = torch.softmax(torch.randn(b, k, v, device="cuda", generator=g) * 3, -1)
+    d = torch.multinomial(q.view(-1, v), 1, generator=g).view(b, k)
+    ua, ur = torch.rand(b, k, device="cuda", generator=g), torch.rand(b, device="cuda", generator=g)
+    n_ref, t_ref = chain_accept_ref(p, q, d, ua, ur)
+    n_got, t_got = chain_accept(p, q, d, ua, ur)
+    assert torch.equal(n_ref, n_got)
+    assert int((t_ref != t_got).sum()) <= 1
+    tn = torch.randint(0, 6, (b,), device="cuda", generator=g)
+    assert torch.allclose(saguaro_rescale(q[:, 0], tn, 0.3), saguaro_rescale_ref(q[:, 0], tn, 0.3), rtol=1e-5, atol=1e-8)
+    logits = torch.randn(8, k + 1, v, device="cuda", generator=g)
+    spec = logits[:, :k].argmax(-1)
+    depth = [4, 3, 3, 2, 3]
+    assert torch.equal(fork_topf(logits, spec, depth), fork_topf_ref(logits, spec, depth))
+
+
+def test_default_draft_device_on_this_machine():
+    """The placement rule on the real device count: the draft's own GPU when there is one,
+    else the error that says so."""
+    import torch
+
+    from sglang_ssd.config import SSDConfigError, choose_draft_device
+
+    n = torch.cuda.device_count()
+    if n >= 2:
+        assert choose_draft_device(None, "cuda", n, 0, 1) == "cuda:1"
+    else:
+        with pytest.raises(SSDConfigError, match="this machine has 1"):
+            choose_draft_device(None, "cuda", n, 0, 1)
