@@ -208,3 +208,25 @@ def test_draft_on_sglangs_own_model_runner(models, log_dir, hf_target):
         assert st["cache_hit_rate"] > 0.9 and st["accept_length"] > K - 0.5
         cmd = " ".join(psutil.Process(st["draft_pid"]).cmdline())
         assert '"engine": "sglang"' in cmd
+
+
+@pytest.mark.slow
+def test_data_parallel_replicas_each_have_their_own_draft(models, log_dir, hf_target):
+    """--dp 2: two schedulers, each spawning (and speculating with) its own draft process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
+                          str(models["draft_same"]), "--dp", "2", "--max-total-tokens", "16384"]
+    env = dict(os.environ, SGLANG_CPU_OMP_THREADS_BIND="0|1")  # SGLang CPU DP: one core per rank
+    with CPUServer(models["target"], args, log_path=str(log_dir / "dp2.log"), env=env) as srv:
+        sp = {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True}
+        with ThreadPoolExecutor(4) as ex:
+            outs = list(ex.map(lambda p: srv.generate(p, sp)["output_ids"], PROMPTS[:4]))
+        assert outs == [hf_greedy(hf_target, p, 16) for p in PROMPTS[:4]]
+        states = [s.get("ssd") or {} for s in srv.server_info()["internal_states"]]
+        pids = {s.get("draft_pid") for s in states}
+        assert len(states) == 2 and None not in pids and len(pids) == 2
+        assert all(s["spec_rounds"] > 0 for s in states)  # both replicas served requests with SSD
+        drafts = [p for p in psutil.Process(srv.proc.pid).children(recursive=True)
+                  if "sglang_ssd.draft_process" in " ".join(p.cmdline())]
+        assert {p.pid for p in drafts} == pids
