@@ -294,3 +294,34 @@ def test_ten_thousand_bad_messages_on_both_ends_change_nothing(models, log_dir, 
             srv.stop()
         proxy.close()
         stop(ds)
+
+
+@pytest.mark.slow
+def test_data_parallel_replicas_reach_their_own_draft_server_replica(models, log_dir, hf_target, tmp_path):
+    """`draft_server --replicas 2` serves replica i on endpoint_for_replica(ENDPOINT, i); a `--dp 2`
+    target connects each replica to its own, and both speculate."""
+    sock_dir = tmp_path / "dp"
+    sock_dir.mkdir(mode=0o700)
+    endpoint = f"ipc://{sock_dir}/draft.sock"
+    log = log_dir / "dp_draft_server.log"
+    ds = subprocess.Popen([sys.executable, "-m", "sglang_ssd.draft_server", "--model-path", str(models["draft_same"]),
+                           "--endpoint", endpoint, "--replicas", "2"], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while log.read_text().count("draft server ready on") < 2:
+            assert ds.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.3)
+        args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
+                              str(models["draft_same"]), "--dp", "2", "--max-total-tokens", "16384",
+                              "--ssd-draft-endpoint", endpoint]
+        env = dict(os.environ, SGLANG_CPU_OMP_THREADS_BIND="0|1")
+        with CPUServer(models["target"], args, log_path=str(log_dir / "dp_remote.log"), env=env) as srv:
+            with ThreadPoolExecutor(4) as pool:
+                outs = list(pool.map(lambda p: greedy(srv, p), PROMPTS))
+            assert outs == [hf_greedy(hf_target, p, N) for p in PROMPTS]
+            states = [s.get("ssd") or {} for s in srv.server_info()["internal_states"]]
+            assert sorted(s["config"]["draft_endpoint"] for s in states) == [endpoint, endpoint + ".1"]
+            assert len({s["draft_pid"] for s in states}) == 2 and all(s["hits"] > 0 for s in states)
+    finally:
+        stop(ds)
+        assert ds.wait(timeout=20) is not None
