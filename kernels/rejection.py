@@ -53,16 +53,23 @@ def chain_accept_ref(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, u_a
     return n_acc, t_star
 
 
+def saguaro_top(q: torch.Tensor, top_n: torch.Tensor, c: float):
+    """(n_max, each row's top-n_max token ids [R, n_max]); None when nothing is rescaled. The
+    reference and the kernel share this selection, so they scale the same tokens on ties."""
+    r, v = q.shape
+    n_max = int(top_n.max().item()) if r and c < 1.0 else 0
+    if n_max <= 0:
+        return None
+    n_max = min(n_max, v)
+    return n_max, torch.topk(q, n_max, dim=-1).indices
+
+
 def saguaro_rescale_ref(q: torch.Tensor, top_n: torch.Tensor, c: float) -> torch.Tensor:
     """q' from q [R, V]: the top-`top_n` [R] tokens of each row scaled by C, then renormalised."""
-    if c >= 1.0:
+    top = saguaro_top(q, top_n, c)
+    if top is None:
         return q
-    r, v = q.shape
-    n_max = int(top_n.max().item()) if r else 0
-    if n_max <= 0:
-        return q
-    n_max = min(n_max, v)
-    idx = torch.topk(q, n_max, dim=-1).indices  # [R, n_max]
+    n_max, idx = top
     keep = torch.arange(n_max, device=q.device).view(1, -1) < top_n.view(-1, 1)
     scale = torch.ones_like(q)
     scale.scatter_(1, idx, torch.where(keep, torch.full_like(idx, 0, dtype=q.dtype) + c,

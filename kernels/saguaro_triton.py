@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sglang_ssd.kernels.rejection import saguaro_top
+
 
 @triton.jit
 def _scaled(q_ptr, top_ptr, n_top, c, idx, V, N_TOP: tl.constexpr):
@@ -44,15 +46,13 @@ def _saguaro_kernel(q_ptr, top_ptr, top_n_ptr, out_ptr, c, V, N_MAX,
 
 def saguaro_rescale_triton(q: torch.Tensor, top_n: torch.Tensor, c: float, block_v: int = 1024) -> torch.Tensor:
     """Same contract as rejection.saguaro_rescale_ref."""
-    if c >= 1.0:
+    sel = saguaro_top(q, top_n, c)
+    if sel is None:
         return q
+    n_max, top = sel
     r, v = q.shape
-    n_max = int(top_n.max().item()) if r else 0
-    if n_max <= 0:
-        return q
-    n_max = min(n_max, v)
     q = q.contiguous()
-    top = torch.topk(q, n_max, dim=-1).indices.contiguous()  # [R, n_max], the reference's choice
+    top = top.contiguous()
     out = torch.empty_like(q)
     _saguaro_kernel[(r,)](q, top, top_n.to(device=q.device, dtype=torch.int64).contiguous(), out,
                           float(c), v, n_max, N_TOP=triton.next_power_of_2(n_max),
