@@ -1,15 +1,21 @@
-"""Sampling distributions, exactly as SGLang's sampler forms them, and seeded uniforms.
+"""Sampling distributions, exactly as SGLang's sampler forms them, and seeded randomness.
 
 `processed_probs` mirrors SGLang 0.5.23's torch sampler (srt/layers/sampler.py): softmax of
 logits / temperature, then top-k, top-p (mass before the token > top_p is cut) and min-p
 (relative to the top token), renormalised. Both the target (p) and the draft (q) use it, so a
 sampled request's p is the distribution the target alone would sample from.
+
+A request with `sampling_seed` is sampled by the Gumbel-max trick with noise that is a pure
+function of (seed, position, token id), like SGLang's own seeded sampler: the token at position n
+is argmax(log p_n + G_n). The target and the draft draw with the same G, so verification is a
+plain equality test and the output is the same whatever the draft proposed, hit or miss, alone or
+batched: reproducible, and distributed exactly as p (G_n are independent across positions).
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -37,11 +43,24 @@ def processed_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torc
     return out / out.sum(-1, keepdim=True)
 
 
-def seeded_uniforms(seed: Optional[int], key: Sequence[int], n: int,
-                    device: torch.device | str = "cpu") -> torch.Tensor:
-    """n uniforms in [0, 1): a pure function of (seed, key) when seeded, fresh randomness if not."""
-    if seed is None:
-        return torch.rand(n, device=device)
-    h = hashlib.blake2b(repr((int(seed), tuple(int(x) for x in key))).encode(), digest_size=8)
-    g = torch.Generator().manual_seed(int.from_bytes(h.digest(), "little") & ((1 << 63) - 1))
-    return torch.rand(n, generator=g).to(device)
+def seeded_gumbel(seed: int, positions: Sequence[int], v: int,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """[len(positions), v] float64 Gumbel noise, a pure function of (seed, position, token id)."""
+    rows = []
+    for pos in positions:
+        h = hashlib.blake2b(repr(("gumbel", int(seed), int(pos))).encode(), digest_size=8)
+        g = torch.Generator().manual_seed(int.from_bytes(h.digest(), "little") & ((1 << 63) - 1))
+        rows.append(torch.rand(v, generator=g, dtype=torch.float64))
+    u = torch.stack(rows).clamp_(min=1e-300, max=1.0 - 2.0 ** -53)
+    return u.log_().neg_().log_().neg_().to(device)
+
+
+def gumbel_scores(probs: torch.Tensor, seed: int, positions: Sequence[int]) -> torch.Tensor:
+    """log probs + G for rows that sample positions `positions` of a seeded request (-inf where
+    probs is 0): the argmax is the seeded sample, the order ranks the likely alternatives."""
+    return probs.double().log() + seeded_gumbel(seed, positions, probs.shape[-1], probs.device)
+
+
+def gumbel_choice(probs: torch.Tensor, seed: int, positions: Sequence[int]) -> torch.Tensor:
+    """[R] the seeded samples at `positions` from probs [R, V]."""
+    return gumbel_scores(probs, seed, positions).argmax(dim=-1)

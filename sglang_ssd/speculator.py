@@ -22,7 +22,7 @@ from sglang_ssd.forking import ranked_candidates
 from sglang_ssd.grammar import DraftGrammars, accept_all, fill_masks, mask_logits, model_path_of
 from sglang_ssd.kernels.dispatch import saguaro_rescale
 from sglang_ssd.kernels.rejection import inverse_cdf
-from sglang_ssd.sampling import processed_probs, seeded_uniforms
+from sglang_ssd.sampling import gumbel_choice, gumbel_scores, processed_probs
 from sglang_ssd.wire import Begin, Outcome, Plan, Refusal, Sampling, Spec
 
 
@@ -233,11 +233,14 @@ class Speculator:
             states = self._glue_states(s) if s.matcher is not None else None
             if states is not None:  # rank only grammar-legal t* at reachable positions
                 g = mask_logits(g, fill_masks(states, self.grammars.vocab_size, g.device))
+            seeded = s.sampling is not None and s.sampling.seed is not None
+            if seeded:
+                g = self._seeded_scores(s, g)
             ranked = ranked_candidates(g, s.spec, [max(f, depth) for f in self.fanout])
             if states is not None:
-                ranked = [[] if st is None or st.is_terminated() else
-                          [c for c in cands if bool(torch.isfinite(g[j, c]))]
-                          for j, (st, cands) in enumerate(zip(states, ranked))]
+                ranked = [[] if st is None or st.is_terminated() else cands for st, cands in zip(states, ranked)]
+            if states is not None or seeded:  # never fork a token the target cannot emit
+                ranked = [[c for c in cands if bool(torch.isfinite(g[j, c]))] for j, cands in enumerate(ranked)]
             if depth:
                 s.ranked = ranked
             for j, cands in enumerate(ranked):
@@ -307,11 +310,9 @@ class Speculator:
 
     # ---- helpers -----------------------------------------------------------------------
     def _propose(self, chains: list[_Chain], logits: torch.Tensor, step: int, fed: list[int]) -> list[int]:
-        """Greedy chains take the argmax; sampled ones draw from q' (Saguaro-rescaled q).
-
-        A sampled token's uniform is keyed by (its position, the chain's first token), so a
-        seeded request drafts the same tokens whether they come from the cache or the backup.
-        """
+        """Greedy chains take the argmax; sampled ones draw from q' (Saguaro-rescaled q); seeded
+        ones take the Gumbel-max choice of q with the noise the target will use (sampling.py),
+        which is deterministic, so they ship no q' and Saguaro does not apply to them."""
         nxt = torch.argmax(logits, dim=-1).tolist()
         rows = [i for i, c in enumerate(chains) if c.sampling is not None]
         if not rows:
@@ -324,14 +325,28 @@ class Speculator:
             torch.tensor([c.sampling.top_p for c in sub]),
             torch.tensor([c.sampling.min_p for c in sub]),
         )
+        seeded = [j for j, c in enumerate(sub) if c.sampling.seed is not None]
+        for j in seeded:
+            c = sub[j]
+            nxt[rows[j]] = int(gumbel_choice(q[j:j + 1], c.sampling.seed, [c.first_pos + step + 1])[0])
+        free = [j for j, c in enumerate(sub) if c.sampling.seed is None]
+        if not free:
+            return nxt
         fan = self.fanout[min(step, len(self.fanout) - 1)]
-        q = saguaro_rescale(q, torch.full((len(sub),), fan + 1, device=q.device), self.saguaro_c)
-        u = torch.cat([seeded_uniforms(c.sampling.seed, (c.first_pos + step, c.first, 0), 1) for c in sub])
-        drawn = inverse_cdf(q, u).tolist()
-        for i, c, t, row in zip(rows, sub, drawn, q):
-            c.qs.append(row)
-            nxt[i] = t
+        qf = saguaro_rescale(q[free], torch.full((len(free),), fan + 1, device=q.device), self.saguaro_c)
+        drawn = inverse_cdf(qf, torch.rand(len(free))).tolist()
+        for j, t, row in zip(free, drawn, qf):
+            sub[j].qs.append(row)
+            nxt[rows[j]] = t
         return nxt
+
+    def _seeded_scores(self, s: DraftSeq, glue_logits: torch.Tensor) -> torch.Tensor:
+        """A seeded request's glue rows as Gumbel scores: forks rank the likely target choices."""
+        sp = s.sampling
+        n = glue_logits.shape[0]
+        q = processed_probs(glue_logits, *(torch.full((n,), x) for x in (sp.temperature, sp.top_k, sp.top_p, sp.min_p)))
+        base = len(s.tokens) + 1  # row j samples the token after pending, x_1..x_j
+        return gumbel_scores(q, sp.seed, range(base, base + n)).float()
 
     def _check_ids(self, ids, rid) -> None:
         v = self.model.vocab_size

@@ -3,6 +3,9 @@
 - Greedy requests accept while x_{i+1} == argmax p_i and emit argmax p_k at the first mismatch.
 - Sampled requests use lossless rejection sampling against the proposal q' the draft really
   sampled from (kernels/rejection.py), with p formed exactly as SGLang's sampler forms it.
+- Seeded sampled requests (`sampling_seed`) accept while x_{i+1} equals the seeded Gumbel-max
+  sample of p_i (sglang_ssd/sampling.py) and emit that sample at the first mismatch: the greedy
+  rule on perturbed scores, so their output never depends on the draft.
 - Grammar-constrained requests are speculated too: the worker masks each verify position with the
   grammar state after the draft tokens before it (sglang_ssd/grammar.py), then accepts as above.
 - Requests whose next token depends on more than (temperature, top-k, top-p, min-p, grammar) --
@@ -56,13 +59,33 @@ def accept_chain(drafts: torch.Tensor, logits: torch.Tensor, plain: torch.Tensor
     plain_tokens [bs]: SGLang's sampler's token for the first position, used where plain.
     """
     bs, n = drafts.shape
-    pred = torch.argmax(logits.view(bs, n, -1), dim=-1)  # [bs, n]
-    match = (drafts[:, 1:] == pred[:, :-1]).to(torch.int32)
-    k = torch.cumprod(match, dim=1).sum(dim=1)
+    k, t_star = _accept_target_choices(drafts[:, 1:], torch.argmax(logits.view(bs, n, -1), dim=-1))
     k = torch.where(plain, torch.zeros_like(k), k)
-    t_star = pred.gather(1, k.view(-1, 1).long()).view(-1)
     t_star = torch.where(plain, plain_tokens.to(t_star.dtype), t_star)
     return emitted_tokens(drafts, k, t_star)
+
+
+def _accept_target_choices(x: torch.Tensor, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k, t* when the target's token at each position is fixed (pred [b, K+1]) and x [b, K]
+    are the draft tokens: accept the matching prefix, emit pred at the first mismatch."""
+    match = (x == pred[:, :-1].to(x.device)).to(torch.int32)
+    k = torch.cumprod(match, dim=1).sum(dim=1)
+    return k, pred.gather(1, k.view(-1, 1).to(pred.device).long()).view(-1)
+
+
+def accept_seeded(logits: torch.Tensor, drafts: torch.Tensor, params: dict, seeds: list[int],
+                  positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """k, t* for seeded sampled rows. logits [b, K+1, V]; drafts [b, K]; positions [b]: the
+    position of the token the first logits row samples (row i samples position + i)."""
+    from sglang_ssd.sampling import gumbel_choice, processed_probs
+
+    b, n, v = logits.shape
+    rep = {name: t.repeat_interleave(n) for name, t in params.items()}
+    p = processed_probs(logits.reshape(b * n, v), rep["temperature"], rep["top_k"], rep["top_p"],
+                        rep["min_p"]).view(b, n, v)
+    pred = torch.stack([gumbel_choice(p[j], seeds[j], range(positions[j], positions[j] + n))
+                        for j in range(b)])
+    return _accept_target_choices(drafts.to(pred.device), pred)
 
 def accept_sampled(logits: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, params: dict,
                    u_accept: torch.Tensor, u_residual: torch.Tensor, residual_q=None

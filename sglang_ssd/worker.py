@@ -34,10 +34,10 @@ from sglang_ssd.config import choose_draft_device, endpoint_for_replica, get_con
 from sglang_ssd.draft_client import DraftClient, DraftStartError
 from sglang_ssd.vocab import tokenizer_digest
 from sglang_ssd.fanout import resolve_fanout
-from sglang_ssd.kernels.rejection import inverse_cdf
-from sglang_ssd.sampling import is_greedy, processed_probs, seeded_uniforms
+from sglang_ssd.sampling import gumbel_choice, is_greedy, processed_probs
 from sglang_ssd.grammar import apply_chain_mask, chain_grammar_mask, grammar_spec_of
-from sglang_ssd.verify import accept_chain, accept_sampled, emitted_tokens, needs_plain_path, plain_path_reason
+from sglang_ssd.verify import (accept_chain, accept_sampled, accept_seeded, emitted_tokens, needs_plain_path,
+                               plain_path_reason)
 
 logger = logging.getLogger(__name__)
 
@@ -233,16 +233,18 @@ class SSDWorker(BaseSpecWorker):
         )
 
     def _seeded_first_tokens(self, batch, rows, logits, predict):
-        """The first token of each seeded request, drawn from the distribution SGLang's sampler
-        would use, with a uniform that is a function of (seed, prompt length) only."""
+        """The first token of each seeded request: the Gumbel-max sample (sampling.py) of the
+        distribution SGLang's sampler would use, at the position it takes."""
         sps = [batch.reqs[i].sampling_params for i in rows]
-        probs = processed_probs(logits.float(), torch.tensor([sp.temperature for sp in sps]).to(logits.device),
-                                torch.tensor([sp.top_k for sp in sps]).to(logits.device),
-                                torch.tensor([sp.top_p for sp in sps]).to(logits.device),
-                                torch.tensor([sp.min_p for sp in sps]).to(logits.device))
-        u = torch.cat([seeded_uniforms(sp.sampling_seed, (len(batch.reqs[i].origin_input_ids), 0), 1)
-                       for sp, i in zip(sps, rows)])
-        tokens = inverse_cdf(probs.cpu(), u)
+        dev = logits.device
+        probs = processed_probs(logits.float(), torch.tensor([sp.temperature for sp in sps]).to(dev),
+                                torch.tensor([sp.top_k for sp in sps]).to(dev),
+                                torch.tensor([sp.top_p for sp in sps]).to(dev),
+                                torch.tensor([sp.min_p for sp in sps]).to(dev))
+        tokens = torch.cat([
+            gumbel_choice(probs[j:j + 1], sp.sampling_seed,
+                          [len(batch.reqs[i].origin_input_ids) + len(batch.reqs[i].output_ids)])
+            for j, (sp, i) in enumerate(zip(sps, rows))])
         predict = predict.clone()
         predict[torch.tensor(rows, device=predict.device)] = tokens.to(predict.device, predict.dtype)
         return predict
@@ -441,33 +443,40 @@ class SSDWorker(BaseSpecWorker):
         st.grammar_accepted += sum(ks[i] for i in grammar_rows)
 
     def _accept_sampled(self, batch, drafts, logits, qs, rows, res):
-        """Lossless rejection sampling for the sampled rows; the other rows keep `res`."""
+        """Lossless rejection sampling for the sampled rows (seeded ones: the Gumbel-max rule of
+        verify.accept_seeded); the other rows keep `res`."""
         n, k = self.n, self.k
         v = logits.shape[-1]
-        lg = logits.view(len(batch.reqs), n, v)[rows].float()
-        d = drafts[rows, 1:].cpu()
-        q = torch.stack([
-            qs[i][:, :v] if qs[i] is not None else
-            torch.zeros(k, v).scatter_(1, d[j].view(-1, 1), 1.0)  # deterministic proposal: one-hot
-            for j, i in enumerate(rows)
-        ])
-        sps = [batch.reqs[i].sampling_params for i in rows]
-        params = {
-            "temperature": torch.tensor([sp.temperature for sp in sps]),
-            "top_k": torch.tensor([sp.top_k for sp in sps]),
-            "top_p": torch.tensor([sp.top_p for sp in sps]),
-            "min_p": torch.tensor([sp.min_p for sp in sps]),
-        }
+        lg_all = logits.view(len(batch.reqs), n, v)
+        d_all = drafts[:, 1:].cpu()
         pos = batch.seq_lens.tolist()
-        u = torch.stack([seeded_uniforms(sps[j].sampling_seed, (pos[i], 1), k + 1) for j, i in enumerate(rows)])
-        dev = lg.device  # on a GPU the acceptance runs there (Triton kernel, kernels/dispatch.py)
-        params = {name: t.to(dev) for name, t in params.items()}
-        kk, ts = accept_sampled(lg, d.to(dev), q.to(dev), params, u[:, :k].to(dev), u[:, k].to(dev))
-        kk, ts = kk.cpu(), ts.cpu()
         k_all = torch.tensor(res.k)
         t_all = torch.tensor(res.t_star)
-        k_all[rows] = kk
-        t_all[rows] = ts
+
+        def params(idx):
+            sps = [batch.reqs[i].sampling_params for i in idx]
+            return {name: torch.tensor([getattr(sp, name) for sp in sps]).to(lg_all.device)
+                    for name in ("temperature", "top_k", "top_p", "min_p")}
+
+        seeded = [i for i in rows if batch.reqs[i].sampling_params.sampling_seed is not None]
+        unseeded = [i for i in rows if batch.reqs[i].sampling_params.sampling_seed is None]
+        if seeded:
+            kk, ts = accept_seeded(lg_all[seeded].float(), d_all[seeded], params(seeded),
+                                   [batch.reqs[i].sampling_params.sampling_seed for i in seeded],
+                                   [pos[i] + 1 for i in seeded])  # t sits at seq_len
+            k_all[seeded], t_all[seeded] = kk.cpu().to(k_all.dtype), ts.cpu().to(t_all.dtype)
+        if unseeded:
+            d = d_all[unseeded]
+            q = torch.stack([
+                qs[i][:, :v] if qs[i] is not None else
+                torch.zeros(k, v).scatter_(1, d[j].view(-1, 1), 1.0)  # deterministic proposal: one-hot
+                for j, i in enumerate(unseeded)
+            ])
+            u = torch.rand(len(unseeded), k + 1)
+            dev = lg_all.device  # on a GPU the acceptance runs there (Triton kernel, kernels/dispatch.py)
+            kk, ts = accept_sampled(lg_all[unseeded].float(), d.to(dev), q.to(dev), params(unseeded),
+                                    u[:, :k].to(dev), u[:, k].to(dev))
+            k_all[unseeded], t_all[unseeded] = kk.cpu().to(k_all.dtype), ts.cpu().to(t_all.dtype)
         return emitted_tokens(drafts.cpu(), k_all, t_all)
 
     def _prepare_verify(self, batch: ScheduleBatch, drafts: torch.Tensor) -> None:

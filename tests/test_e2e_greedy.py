@@ -261,18 +261,47 @@ def test_radix_cache_reuses_kv_committed_by_ssd(servers, prompts, hf_target):
     assert second["output_ids"] == hf_greedy(hf_target, cont, 16)
 
 
-def test_same_seed_same_output_through_the_server(servers, prompts):
-    """sampling_seed makes a sampled request reproducible, first token included, whether it runs
-    alone or batched with others; another seed gives another output."""
-    srv = ssd(servers, "draft_same")
+def _hf_seeded(model, prompt, n, sp):
+    """The seeded reference: at each position the Gumbel-max sample (sglang_ssd.sampling) of
+    the target's distribution as SGLang's sampler forms it, from Hugging Face logits."""
+    from sglang_ssd.sampling import gumbel_choice, processed_probs
+
+    ids = list(prompt)
+    params = [torch.tensor([x]) for x in (sp["temperature"], sp.get("top_k", -1), sp.get("top_p", 1.0), 0.0)]
+    with torch.no_grad():
+        for _ in range(n):
+            probs = processed_probs(model(torch.tensor([ids])).logits[0, -1:], *params)
+            ids.append(int(gumbel_choice(probs, sp["sampling_seed"], [len(ids)])[0]))
+    return ids[len(prompt):]
+
+
+def test_same_seed_same_output_through_the_server(servers, prompts, hf_target):
+    """sampling_seed makes a sampled request's output a function of the seed and the target only:
+    equal to the seeded reference computed from the target in HF, first token included, with
+    every draft (hits, partial acceptance, misses with the fast backup), alone or batched with
+    other requests; another seed gives another output."""
     sp = {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 24, "ignore_eos": True, "sampling_seed": 1234}
-    first = srv.generate(prompts[2], sp)["output_ids"]
-    assert srv.generate(prompts[2], sp)["output_ids"] == first
-    with ThreadPoolExecutor(4) as ex:
-        batch = list(ex.map(lambda p: srv.generate(p, sp)["output_ids"], [prompts[2], prompts[3]] * 2))
-    assert batch[0] == batch[2] == first and batch[1] == batch[3]
+    want = [_hf_seeded(hf_target, prompts[i], 24, sp) for i in (2, 3)]
+    for draft in DRAFTS:
+        srv = ssd(servers, draft)
+        assert srv.generate(prompts[2], sp)["output_ids"] == want[0], draft
+        with ThreadPoolExecutor(4) as ex:
+            batch = list(ex.map(lambda p: srv.generate(p, sp)["output_ids"], [prompts[2], prompts[3]] * 2))
+        assert batch == want * 2, draft
+    srv = ssd(servers, "draft_same")
     other = srv.generate(prompts[2], dict(sp, sampling_seed=99))["output_ids"]
-    assert other != first
+    assert other != want[0]
     firsts = {srv.generate(prompts[2], dict(sp, sampling_seed=s, max_new_tokens=1))["output_ids"][0]
               for s in range(12)}
     assert len(firsts) > 1  # the first token follows the seed, it is not fixed
+
+
+def test_seeded_self_draft_is_accepted_whole(servers, prompts):
+    """The draft samples a seeded request with the target's own noise, so the target's copy as
+    draft is accepted whole and its pre-drafted bonus token is the target's: nearly every round
+    hits (with fresh randomness the bonus token would be a draw from a flat random-weight
+    distribution, rarely among the few forks)."""
+    sp = {"temperature": 1.0, "max_new_tokens": 40, "ignore_eos": True}
+    outs = [ssd(servers, "draft_same").generate(prompts[i], dict(sp, sampling_seed=i)) for i in range(4)]
+    accept, hit_rate, rounds = _round_stats(outs)
+    assert rounds >= 8 and accept > K - 0.5 and hit_rate > 0.9, (accept, hit_rate, rounds)

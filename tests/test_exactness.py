@@ -90,6 +90,40 @@ def test_ssd_sampling_matches_target_law(small, hf, draft, c, temp, top_k, top_p
     assert spec.model.pool.num_used == 0  # every finished request released its KV
 
 
+SEEDED_CASES = [
+    # draft, temperature, top_k, top_p, backup
+    ("target", 1.0, 4, 1.0, "neural"),
+    ("other", 0.6, 6, 0.8, "fast"),
+    ("other", 1.5, 5, 0.9, "adaptive"),
+]
+
+
+@pytest.mark.parametrize("draft,temp,top_k,top_p,backup", SEEDED_CASES)
+def test_seeded_sampling_matches_target_law(small, hf, draft, temp, top_k, top_p, backup):
+    """Requests with sampling_seed (Gumbel-max rule, one seed per request): same N, same tests
+    and false-failure bound as above; hits and misses both occur with the target's copy."""
+    target = TargetProbs(hf, temp, top_k, top_p)
+    exact = target.exact(PROMPT, LENGTH)
+    spec = _speculator(small[draft], 1.0, backup)
+    samples, hits, lookups = sample_ssd(spec, target, PROMPT, N, LENGTH, seeds=range(1000, 1000 + N))
+    for sl in (slice(0, 3), slice(3, 5)):
+        stat, crit = chi_square([x[sl] for x in samples], _project(exact, sl), alpha=5e-5)
+        assert stat < crit, f"tokens {sl}: chi2={stat:.1f} >= {crit:.1f}"
+    if draft == "target":
+        assert hits > 0.9 * lookups  # same model, same noise: the forks hold the target's choice
+    assert spec.model.pool.num_used == 0
+
+
+def test_seeded_output_does_not_depend_on_the_draft(small, hf):
+    """The same seeds give the same continuations with the target's copy, an unrelated draft
+    and either backup."""
+    target = TargetProbs(hf, 1.0, 5, 1.0)
+    runs = [sample_ssd(_speculator(small[d], 1.0, b), target, PROMPT, 40, 8, seeds=range(40))[0]
+            for d, b in (("target", "neural"), ("other", "fast"), ("other", "neural"))]
+    assert runs[0] == runs[1] == runs[2]
+    assert len(set(runs[0])) > 10
+
+
 def test_wrong_acceptance_rule_is_caught(small, hf):
     """Resampling a rejection from p instead of norm(max(0, p - q')) must fail the same test."""
     target = TargetProbs(hf, 1.0, 4, 1.0)

@@ -241,3 +241,50 @@ def test_verify_visibility_chain_and_sliding_window():
     # window 2: the query at position 3 sees positions 1..3, the one at 4 sees 2..4
     win = verify_visibility(3, 2, None, window=2)
     assert win.tolist() == [[False, True, True, True, False], [False, False, True, True, True]]
+
+
+def test_seeded_gumbel_choice_is_distributed_as_p():
+    """Over seeds, the seeded choice at a position is a draw from p. N = 20000 seeds, V = 8,
+    chi-square against p at the 1 - 1e-5 quantile (false failure <= 1e-5); the same seed and
+    position always give the same token, and another position other noise."""
+    from scipy.stats import chi2
+
+    from sglang_ssd.sampling import gumbel_choice
+
+    p = torch.tensor([[0.30, 0.20, 0.15, 0.10, 0.10, 0.08, 0.05, 0.02]])
+    n = 20000
+    draws = torch.tensor([int(gumbel_choice(p, s, [7])[0]) for s in range(n)])
+    counts = torch.bincount(draws, minlength=8).double()
+    exp = p[0].double() * n
+    assert float(((counts - exp) ** 2 / exp).sum()) < chi2.ppf(1 - 1e-5, 7)
+    assert int(gumbel_choice(p, 5, [7])[0]) == int(gumbel_choice(p, 5, [7])[0])
+    at_8 = torch.tensor([int(gumbel_choice(p, s, [8])[0]) for s in range(200)])
+    assert not torch.equal(at_8, draws[:200])
+    zero = torch.tensor([[0.5, 0.0, 0.5, 0.0]])  # top-k/top-p cut tokens are never chosen
+    assert all(int(gumbel_choice(zero, s, [3])[0]) in (0, 2) for s in range(200))
+
+
+def test_accept_seeded_emits_the_target_choices_whatever_the_draft():
+    """The emitted tokens of a seeded row are the target's seeded choices at each position; the
+    draft only decides how many come out this round."""
+    from sglang_ssd.sampling import gumbel_choice, processed_probs
+    from sglang_ssd.verify import accept_seeded
+
+    g = torch.Generator().manual_seed(3)
+    b, k, v = 6, 4, 16
+    logits = torch.randn(b, k + 1, v, generator=g) * 2
+    params = {"temperature": torch.full((b,), 0.8), "top_k": torch.full((b,), -1, dtype=torch.int64),
+              "top_p": torch.full((b,), 0.9), "min_p": torch.zeros(b)}
+    seeds, pos = [11, 12, 13, 14, 15, 16], [5, 9, 9, 30, 2, 7]
+    want = torch.stack([gumbel_choice(processed_probs(logits[j], *(params[x][j].repeat(k + 1) for x in
+                                                                  ("temperature", "top_k", "top_p", "min_p"))),
+                                      seeds[j], range(pos[j], pos[j] + k + 1)) for j in range(b)])
+    drafts = want[:, :k].clone()
+    drafts[1, 0] = (want[1, 0] + 1) % v  # rejected at once
+    drafts[2, 2] = (want[2, 2] + 1) % v  # after two
+    drafts[3] = torch.randint(0, v, (k,), generator=g)
+    kk, ts = accept_seeded(logits, drafts, params, seeds, pos)
+    for j in range(b):
+        emitted = drafts[j, : kk[j]].tolist() + [int(ts[j])]
+        assert emitted == want[j, : kk[j] + 1].tolist()
+    assert kk[0] == k and kk[1] == 0 and kk[2] == 2

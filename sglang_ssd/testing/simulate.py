@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from sglang_ssd import wire
-from sglang_ssd.sampling import processed_probs
-from sglang_ssd.verify import accept_sampled
+from sglang_ssd.sampling import gumbel_choice, processed_probs
+from sglang_ssd.verify import accept_sampled, accept_seeded
 
 
 class TargetProbs:
@@ -52,21 +52,24 @@ class TargetProbs:
         return out
 
 
-def sample_ssd(spec, target: TargetProbs, prompt, n, length, *, seed=None, wrong_residual=False,
+def sample_ssd(spec, target: TargetProbs, prompt, n, length, *, seeds=None, wrong_residual=False,
                stats=None):
     """n continuations of `length` tokens through SSD rounds; returns (sequences, hits, lookups).
 
+    seeds: one `sampling_seed` per request (verified by the seeded rule), or None (unseeded).
     `stats`, if given, is filled with rounds, emitted tokens and the draft's backup seconds.
     """
     k = spec.k
     pr = target.params
-    samp = wire.Sampling(temperature=pr["temperature"], top_k=pr["top_k"], top_p=pr["top_p"],
-                         min_p=pr["min_p"], seed=seed)
+    seeds = list(seeds) if seeds is not None else [None] * n
+    samps = {f"s{i}": wire.Sampling(temperature=pr["temperature"], top_k=pr["top_k"], top_p=pr["top_p"],
+                                    min_p=pr["min_p"], seed=sd) for i, sd in enumerate(seeds)}
     p0 = target(prompt)
-    firsts = torch.multinomial(p0.expand(n, -1), 1).view(-1).tolist()
+    firsts = [int(torch.multinomial(p0, 1)) if sd is None else int(gumbel_choice(p0[None], sd, [len(prompt)])[0])
+              for sd in seeds]
     rids = [f"s{i}" for i in range(n)]
     out = {r: [t] for r, t in zip(rids, firsts)}
-    spec.begin([wire.Begin(rid=r, prompt=list(prompt), pending=t, sampling=samp) for r, t in zip(rids, firsts)])
+    spec.begin([wire.Begin(rid=r, prompt=list(prompt), pending=t, sampling=samps[r]) for r, t in zip(rids, firsts)])
     state = {r: (-1, t) for r, t in zip(rids, firsts)}
     hits = lookups = 0
     live = list(rids)
@@ -98,9 +101,13 @@ def sample_ssd(spec, target: TargetProbs, prompt, n, length, *, seed=None, wrong
                    "top_p": torch.ones(b), "min_p": torch.zeros(b)}
         u = torch.rand(b, k + 1)
         logp = torch.where(p_rows > 0, torch.log(p_rows.clamp_min(1e-38)), torch.full_like(p_rows, -1e30))
-        kk, ts = accept_sampled(logp,
-                                torch.tensor(drafts), torch.stack(qs), neutral, u[:, :k], u[:, k],
-                                torch.zeros_like(torch.stack(qs)) if wrong_residual else None)
+        if samps[live[0]].seed is None:
+            kk, ts = accept_sampled(logp,
+                                    torch.tensor(drafts), torch.stack(qs), neutral, u[:, :k], u[:, k],
+                                    torch.zeros_like(torch.stack(qs)) if wrong_residual else None)
+        else:
+            kk, ts = accept_seeded(logp, torch.tensor(drafts), neutral, [samps[r].seed for r in live],
+                                   [len(prompt) + len(out[r]) for r in live])
         nxt_live = []
         for r, d, a, t in zip(live, drafts, kk.tolist(), ts.tolist()):
             out[r] += d[:a] + [t]
