@@ -47,15 +47,12 @@ class SlotPool:
     def num_used(self) -> int:
         return len(self._used)
 
-    def high_water(self) -> int:
-        return max(self._used) + 1 if self._used else 0
-
 
 class _SlotIO:
     """Per-forward slot plan, shared by every layer of the cache."""
 
     write_slots: torch.Tensor
-    kv_len: int
+    read_slots: torch.Tensor  # the union of the slots any query token may see, in mask order
 
 
 class _SlotLayer(StaticLayer):
@@ -69,8 +66,8 @@ class _SlotLayer(StaticLayer):
         slots = self._io.write_slots
         self.keys.index_copy_(2, slots, key_states)
         self.values.index_copy_(2, slots, value_states)
-        n = self._io.kv_len
-        return self.keys[:, :, :n], self.values[:, :, :n]
+        read = self._io.read_slots
+        return self.keys.index_select(2, read), self.values.index_select(2, read)
 
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -100,14 +97,16 @@ class DraftModel:
                 visible: Sequence[Sequence[int]]) -> torch.Tensor:
         """Logits [len(tokens), V] (float32); token i writes write_slots[i], sees visible[i]."""
         q = len(tokens)
-        kv_len = max(max(write_slots) + 1, self.pool.high_water())
         lens = torch.tensor([len(v) for v in visible], dtype=torch.long)
         rows = torch.repeat_interleave(torch.arange(q), lens)
-        cols = torch.tensor([s for v in visible for s in v], dtype=torch.long)
-        mask = torch.full((q, kv_len), float("-inf"), dtype=self.dtype)
+        flat = torch.tensor([s for v in visible for s in v], dtype=torch.long)
+        # Attend over the slots someone sees, not the pool's whole used range: the cost of a
+        # forward does not grow with what other requests or the prefix cache hold.
+        read, cols = torch.unique(flat, return_inverse=True)
+        mask = torch.full((q, len(read)), float("-inf"), dtype=self.dtype)
         mask[rows, cols] = 0.0
         self._io.write_slots = torch.tensor(write_slots, dtype=torch.long, device=self.device)
-        self._io.kv_len = kv_len
+        self._io.read_slots = read.to(self.device)
         out = self.model(
             input_ids=torch.tensor([list(tokens)], dtype=torch.long, device=self.device),
             position_ids=torch.tensor([list(positions)], dtype=torch.long, device=self.device),

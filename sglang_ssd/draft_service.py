@@ -56,14 +56,17 @@ class DraftService:
         self.rejected = 0
 
     def open(self, h: wire.Hello) -> wire.Ready:
-        """Start a session: forget every request of the previous one."""
+        """Start a session: forget every request of the previous one (its KV stays in the
+        prefix cache, which the new session inherits)."""
+        prefix = None
         if self.spec is not None:
             self.spec.release(list(self.spec.seqs))
+            prefix = self.spec.prefix
         estimator = None
         if h.fanout_budget:  # no explicit list: plan the schedule online
             estimator = FanoutEstimator(h.k, int(h.fanout_budget), cap=self.model.vocab_size - 1)
         self.spec = Speculator(self.model, h.k, list(h.fanout), h.backup, h.backup_batch_threshold,
-                               h.saguaro_c, estimator)
+                               h.saguaro_c, estimator, prefix=prefix)
         self.session = h.session
         self.last_round = -1
         return wire.Ready(protocol=wire.PROTOCOL_VERSION, pid=os.getpid(),
@@ -113,18 +116,21 @@ class DraftService:
             specs, more, backup_s = spec.lookup(list(msg.outcomes)) if msg.outcomes else ([], [], 0.0)
         except Exception as e:  # a round it cannot serve: refuse its requests, keep running
             logger.exception("round %d failed; its requests are refused", msg.round)
-            spec.release(rids)
+            spec.release(rids, cache=False)
             spec.drop_speculation()
             refusals, specs, more, backup_s = [wire.Refusal(rid=r, reason=f"draft error: {e}") for r in rids], [], [], 0.0
         if not msg.reply:
             return None, True
         pool = self.model.pool
+        used, cached = spec.pool_usage()
         return wire.encode(wire.StepReply(
             round=msg.round, specs=specs, refusals=refusals + more,
             times=wire.DraftTimes(tree_s=spec.last_tree_s, lookup_s=time.perf_counter() - t0,
                                   backup_s=backup_s),
             plan=spec.plan(),
-            health=wire.Health(pool_used=pool.num_used, pool_size=pool.size, rejected=self.rejected,
+            health=wire.Health(pool_used=used, pool_size=pool.size, pool_cached=cached,
+                               prefill_computed=spec.prefill_computed, prefill_reused=spec.prefill_reused,
+                               rejected=self.rejected,
                                backup=spec.last_backup, misses=spec.last_misses,
                                backup_threshold=spec.backup_threshold(), last_round=self.last_round),
         )), True

@@ -33,7 +33,10 @@ COUNTERS = {
 GAUGES = {
     "ssd_accept_length": ("accept_length", "Mean tokens emitted per speculated round."),
     "ssd_cache_hit_rate": ("cache_hit_rate", "Speculation-cache hits per lookup."),
-    "ssd_draft_pool_used_tokens": ("draft_pool_used", "Draft KV slots in use."),
+    "ssd_draft_pool_used_tokens": ("draft_pool_used", "Draft KV slots in use by live requests."),
+    "ssd_draft_prefix_cached_tokens": ("draft_prefix_cached", "Draft KV slots held only by its prefix cache."),
+    "ssd_draft_prefill_tokens": ("draft_prefill_tokens", "Prompt tokens the draft computed since it started."),
+    "ssd_draft_prefill_reused_tokens": ("draft_prefill_reused", "Prompt tokens the draft took from its prefix cache since it started."),
     "ssd_backup_threshold": ("backup_threshold", "Adaptive backup's live b* (batch size from which misses get the fast backup)."),
 }
 

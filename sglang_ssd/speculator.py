@@ -19,6 +19,7 @@ from sglang_ssd.backup_policy import BackupPolicy
 from sglang_ssd.draft_model import DraftModel
 from sglang_ssd.fanout import FanoutEstimator
 from sglang_ssd.forking import ranked_candidates
+from sglang_ssd.prefix_cache import PrefixCache
 from sglang_ssd.grammar import DraftGrammars, accept_all, fill_masks, mask_logits, model_path_of
 from sglang_ssd.kernels.dispatch import saguaro_rescale
 from sglang_ssd.kernels.rejection import inverse_cdf
@@ -44,6 +45,8 @@ class DraftSeq:
     ranked: list = field(default_factory=list)  # per glue position: the draft's ranked candidates
     matcher: Any = None  # grammar state after tokens[grammar_start:] + [pending]; None: unmasked
     source: str = "neural"  # where `spec` came from: hit / neural / fast (the backup policy learns)
+    shared: int = 0  # slots[:shared] belong to the prefix cache (a locked path), the rest to us
+    node: Any = None  # the prefix cache node locked for slots[:shared]
 
 
 @dataclass
@@ -66,8 +69,15 @@ class _Chain:
 class Speculator:
     def __init__(self, model: DraftModel, k: int, fanout: list[int], backup: str,
                  backup_batch_threshold: int, saguaro_c: float = 1.0,
-                 estimator: Optional[FanoutEstimator] = None):
+                 estimator: Optional[FanoutEstimator] = None, prefix_cache_tokens: Optional[int] = None,
+                 prefix: Optional[PrefixCache] = None):
         self.model = model
+        # The draft's radix cache (a previous session's, if given: the KV is the same model's);
+        # by default it may hold a quarter of the pool.
+        cap = model.pool.size // 4 if prefix_cache_tokens is None else prefix_cache_tokens
+        self.prefix = prefix if prefix is not None else PrefixCache(model.pool, cap)
+        self.prefill_computed = 0  # prompt tokens the draft ran its model on
+        self.prefill_reused = 0  # prompt tokens whose KV came from the prefix cache
         self.saguaro_c = saguaro_c
         self.estimator = estimator  # None: a fixed (user-given) schedule
         self.k = k
@@ -94,12 +104,40 @@ class Speculator:
         return self.policy.live_threshold
 
     # ---- request lifecycle -------------------------------------------------------------
-    def release(self, rids) -> None:
+    def release(self, rids, cache: bool = True) -> None:
+        """Forget requests; their committed KV goes to the prefix cache unless `cache` is False
+        (a request dropped after an error, whose KV may be incomplete)."""
+        pool = self.model.pool
         for rid in rids:
             seq = self.seqs.pop(rid, None)
-            if seq is not None:
-                self.model.pool.free(seq.slots)
-                self.model.pool.free(seq.glue_slots)
+            if seq is None:
+                continue
+            pool.free(seq.glue_slots)
+            if cache:
+                pool.free(self.prefix.insert(seq.tokens[: len(seq.slots)], seq.slots, seq.shared))
+            else:
+                pool.free(seq.slots[seq.shared:])
+            if seq.node is not None:
+                self.prefix.unlock(seq.node)
+        self.prefix.trim()
+
+    def _share(self, seq: DraftSeq) -> None:
+        """Put a fresh request's prompt KV into the prefix cache and use the cache's copy."""
+        if self.prefix.max_tokens == 0:
+            return
+        n = len(seq.slots)
+        dup = self.prefix.insert(seq.tokens[:n], seq.slots, seq.shared)
+        node, slots = self.prefix.match(seq.tokens[:n])
+        self.prefix.lock(node)
+        if seq.node is not None:
+            self.prefix.unlock(seq.node)
+        seq.node, seq.slots, seq.shared = node, slots + seq.slots[len(slots):], len(slots)
+        self.model.pool.free(dup)
+
+    def pool_usage(self) -> tuple[int, int]:
+        """(slots in use by live requests and speculation, slots only the prefix cache holds)."""
+        cached = self.prefix.evictable
+        return self.model.pool.num_used - cached, cached
 
     def begin(self, begins: list[Begin]) -> list[Refusal]:
         refusals, fresh, seen = [], [], set()
@@ -117,11 +155,19 @@ class Speculator:
                 continue
             self.release([b.rid])
             seq = DraftSeq(rid=b.rid, tokens=list(b.prompt), pending=b.pending, sampling=b.sampling)
+            seq.node, cached = self.prefix.match(b.prompt)
+            self.prefix.lock(seq.node)
+            seq.slots, seq.shared = list(cached), len(cached)
+            self.prefill_reused += len(cached)
+            self.prefill_computed += len(b.prompt) - len(cached)
             seq.matcher = self._begin_matcher(b)
             self.seqs[b.rid] = seq
             fresh.append(seq)
         if fresh:
             self._ensure_kv(fresh)
+            for seq in fresh:
+                self._share(seq)
+            self.prefix.trim()
             for seq, (toks, q) in zip(fresh, self._neural([(s, s.pending) for s in fresh])):
                 seq.spec, seq.spec_q = toks, q
         return refusals
@@ -151,7 +197,7 @@ class Speculator:
                 self._commit(seq, o)
             except RequestRefused as e:
                 refusals.append(Refusal(rid=o.rid, reason=str(e)))
-                self.release([o.rid])
+                self.release([o.rid], cache=False)
                 continue
             self._observe(seq, o)
             self.policy.observe_tokens(seq.source, o.k + 1)
@@ -219,7 +265,7 @@ class Speculator:
         k = self.k
         toks, pos, write, vis = [], [], [], []
         for s in seqs:
-            s.glue_slots = self.model.pool.alloc(k + 1)
+            s.glue_slots = self.prefix.alloc(k + 1)
             base = len(s.tokens)
             for i, t in enumerate([s.pending] + s.spec):
                 toks.append(t)
@@ -356,20 +402,27 @@ class Speculator:
 
     def _ensure_kv(self, seqs: list[DraftSeq]) -> None:
         """Write KV for committed tokens that have none yet (prompts, unglued commits)."""
-        toks, pos, write, vis = [], [], [], []
-        for s in seqs:
-            n0 = len(s.slots)
-            if n0 == len(s.tokens):
-                continue
-            new = self.model.pool.alloc(len(s.tokens) - n0)
-            s.slots += new
-            for i in range(n0, len(s.tokens)):
-                toks.append(s.tokens[i])
-                pos.append(i)
-                write.append(s.slots[i])
-                vis.append(s.slots[: i + 1])
-        if toks:
-            self.model.forward(toks, pos, write, vis)
+        toks, pos, write, vis, grown = [], [], [], [], []
+        try:
+            for s in seqs:
+                n0 = len(s.slots)
+                if n0 == len(s.tokens):
+                    continue
+                slots = s.slots + self.prefix.alloc(len(s.tokens) - n0)
+                grown.append((s, slots))
+                for i in range(n0, len(s.tokens)):
+                    toks.append(s.tokens[i])
+                    pos.append(i)
+                    write.append(slots[i])
+                    vis.append(slots[: i + 1])
+            if toks:
+                self.model.forward(toks, pos, write, vis)
+        except BaseException:  # no slot without its KV ever joins a request (or the cache)
+            for s, slots in grown:
+                self.model.pool.free(slots[len(s.slots):])
+            raise
+        for s, slots in grown:
+            s.slots = slots
 
     def _neural(self, items: list[tuple[DraftSeq, int]]) -> list[tuple[list[int], Optional[torch.Tensor]]]:
         """Just-in-time drafting: K steps from the true context (seq committed + t)."""
@@ -387,7 +440,7 @@ class Speculator:
         try:
             cur = [c.first for c in chains]
             for step in range(self.k):
-                new = self.model.pool.alloc(len(chains))
+                new = self.prefix.alloc(len(chains))
                 for c, s in zip(chains, new):
                     c.slots.append(s)
                 logits = self.model.forward(

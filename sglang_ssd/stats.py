@@ -36,6 +36,9 @@ class SSDStats:
     backup_threshold: Optional[int] = None  # the adaptive backup's live b*
     draft_pool_used: Optional[int] = None  # draft KV slots in use after the last round
     draft_pool_size: Optional[int] = None
+    draft_prefix_cached: Optional[int] = None  # draft KV slots only its prefix cache holds
+    draft_prefill_tokens: int = 0  # prompt tokens the draft computed (since it started)
+    draft_prefill_reused: int = 0  # prompt tokens it took from its prefix cache
     draft_rejected_messages: int = 0  # malformed/stale messages the draft refused
     worker_rejected_messages: int = 0  # ... and the worker dropped
     plain_reasons: dict = field(default_factory=dict)  # plain-path rounds by reason
@@ -75,6 +78,8 @@ class SSDStats:
 
     def record_health(self, h) -> None:
         self.draft_pool_used, self.draft_pool_size = h.pool_used, h.pool_size
+        self.draft_prefix_cached = h.pool_cached
+        self.draft_prefill_tokens, self.draft_prefill_reused = h.prefill_computed, h.prefill_reused
         self.draft_rejected_messages = h.rejected
         if h.backup == "neural":
             self.backup_neural += 1

@@ -115,8 +115,11 @@ class Plan(msgspec.Struct, frozen=True):
 class Health(msgspec.Struct, frozen=True):
     """The draft's side of the books: KV pool usage, messages it rejected, the backup it used."""
 
-    pool_used: int = 0
+    pool_used: int = 0  # slots held for live requests and their speculation
     pool_size: int = 0
+    pool_cached: int = 0  # slots only the draft's prefix cache holds (evictable)
+    prefill_computed: int = 0  # prompt tokens the draft computed since it started
+    prefill_reused: int = 0  # prompt tokens it took from its prefix cache instead
     rejected: int = 0  # malformed, stale or out-of-order messages refused so far
     backup: str = ""  # "neural" / "fast": the backup that answered this round's misses
     misses: int = 0

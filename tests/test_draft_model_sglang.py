@@ -128,6 +128,7 @@ def check_speculator(m, hf) -> dict:
         pos += k + 1
     used = m.pool.num_used
     sp.release(["r"])
+    sp.prefix.clear()
     return {"problems": problems, "used_before_release": used, "used_after": m.pool.num_used}
 
 

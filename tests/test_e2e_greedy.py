@@ -305,3 +305,18 @@ def test_seeded_self_draft_is_accepted_whole(servers, prompts):
     outs = [ssd(servers, "draft_same").generate(prompts[i], dict(sp, sampling_seed=i)) for i in range(4)]
     accept, hit_rate, rounds = _round_stats(outs)
     assert rounds >= 8 and accept > K - 0.5 and hit_rate > 0.9, (accept, hit_rate, rounds)
+
+
+def test_draft_prefix_cache_through_the_server(servers, prompts, hf_target):
+    """A prompt that extends an earlier request's prompt is prefilled in the draft process only
+    for its new tokens (the draft's radix cache), and the output stays exact."""
+    srv = ssd(servers, "draft_same")
+    base = [t for p in prompts[:6] for t in p]  # a long prefix, sent once alone
+    srv.generate(base, {"temperature": 0, "max_new_tokens": 6, "ignore_eos": True})
+    before = srv.ssd_stats()
+    extra = prompts[7]
+    out = srv.generate(base + extra, {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True})
+    after = srv.ssd_stats()
+    assert after["draft_prefill_tokens"] - before["draft_prefill_tokens"] == len(extra)
+    assert after["draft_prefill_reused"] - before["draft_prefill_reused"] == len(base)
+    assert out["output_ids"] == hf_greedy(hf_target, base + extra, 12)

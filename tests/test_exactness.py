@@ -87,7 +87,11 @@ def test_ssd_sampling_matches_target_law(small, hf, draft, c, temp, top_k, top_p
         assert stat < crit, f"tokens {sl}: chi2={stat:.1f} >= {crit:.1f}"
     if draft == "target" and backup != "fast":
         assert hits > 0  # the cached path is exercised, not only the backup
-    assert spec.model.pool.num_used == 0  # every finished request released its KV
+    assert spec.pool_usage()[0] == 0  # every finished request released its KV (to the prefix cache)
+    spec.prefix.clear()
+    assert spec.pool_usage()[0] == 0
+    spec.prefix.clear()
+    assert spec.model.pool.num_used == 0
 
 
 SEEDED_CASES = [
@@ -111,6 +115,8 @@ def test_seeded_sampling_matches_target_law(small, hf, draft, temp, top_k, top_p
         assert stat < crit, f"tokens {sl}: chi2={stat:.1f} >= {crit:.1f}"
     if draft == "target":
         assert hits > 0.9 * lookups  # same model, same noise: the forks hold the target's choice
+    assert spec.pool_usage()[0] == 0
+    spec.prefix.clear()
     assert spec.model.pool.num_used == 0
 
 

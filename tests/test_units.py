@@ -177,6 +177,8 @@ def test_speculator_self_draft_round_trip(draft_model, models):
         pos += k + 1
     used = draft_model.pool.num_used
     sp.release(["r"])
+    assert sp.pool_usage() == (0, len(prompt) + 3 * (k + 1))  # its committed KV went to the cache
+    sp.prefix.clear()
     assert draft_model.pool.num_used == 0 and used > 0
 
 
@@ -197,6 +199,7 @@ def test_speculator_refuses_bad_requests(draft_model):
     assert [r.rid for r in refused] == ["ok"] and "committed length" in refused[0].reason
     assert "ok" not in sp.seqs
     sp.release(list(sp.seqs))
+    sp.prefix.clear()
     assert draft_model.pool.num_used == 0
 
 

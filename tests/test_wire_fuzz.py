@@ -78,6 +78,7 @@ def test_random_rounds_are_refused_not_fatal(speculator):
         speculator.lookup(outcomes)
         speculator.speculate()
     speculator.release(list(speculator.seqs))
+    speculator.prefix.clear()
     assert speculator.model.pool.num_used == 0
 
 
