@@ -167,6 +167,7 @@ def summarize(recs: list[dict], before: dict, after: dict) -> dict:
                    draft_wait_ms_per_round=1e3 * d["draft_wait_s"] / d["steps"] if d["steps"] else None,
                    draft_tree_ms_per_round=1e3 * d["draft_tree_s"] / d["steps"] if d["steps"] else None,
                    draft_overrun_ms_per_round=1e3 * d["draft_overrun_s"] / d["steps"] if d["steps"] else None,
+                   handoff_ms_per_round=1e3 * d["handoff_s"] / d["steps"] if d["steps"] else None,
                    rounds=d["steps"], backup_neural_rounds=d["backup_neural"], draft_failures=d["draft_failures"],
                    plain_rounds=d["plain_rounds"], fanout=after.get("fanout"))
     return out
@@ -270,8 +271,8 @@ def tables(results: dict) -> str:
     for proto, pres in results["protocols"].items():
         out.append(f"\n### {results['protocol_text'][proto]}\n")
         out.append("| T | set | mode | decode tok/s | accept len | hit rate | TTFT ms | draft wait ms/round | "
-                   f"SSD/{LABELS[sd].split(' ')[0]} | SSD/AR |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|")
+                   f"draft tree ms/round | hand-off ms/round | SSD/{LABELS[sd].split(' ')[0]} | SSD/AR |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for temp in results["temperatures"]:
             for name in results["sets"]:
                 row = {m: pres[m]["temps"][str(temp)][name] for m in modes if m in pres}
@@ -288,7 +289,8 @@ def tables(results: dict) -> str:
                             ra = f"{ssd_v / row['ar']['decode_tok_s']:.2f}x"
                     out.append(f"| {temp} | {name} | {LABELS[m]} | {fmt(r['decode_tok_s'])} | {fmt(r['accept_len'], 2)} | "
                                f"{fmt(r.get('hit_rate'), 2)} | {fmt(r['ttft_ms'], 0)} | "
-                               f"{fmt(r.get('draft_wait_ms_per_round'), 1)} | {rs} | {ra} |")
+                               f"{fmt(r.get('draft_wait_ms_per_round'), 1)} | {fmt(r.get('draft_tree_ms_per_round'), 1)} | "
+                               f"{fmt(r.get('handoff_ms_per_round'), 2)} | {rs} | {ra} |")
     return "\n".join(out)
 
 
