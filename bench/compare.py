@@ -409,13 +409,13 @@ def main() -> None:
     ap.add_argument("--protocols", default="pinned,shared", help="pinned (paper: target core 0, SSD draft core 1) "
                     "and/or shared (every mode on both cores)")
     ap.add_argument("--shared-temperatures", default="0", help="temperatures for the shared protocol")
-    ap.add_argument("--sd-steps", default="4", help="N candidates for STANDALONE / sync-SD, e.g. 2,3,4,5,6: the "
-                    "best on the tuning prompts is used (each candidate is one more server start, ~1-1.5 min "
-                    "on one CPU core, so the default does not tune)")
+    ap.add_argument("--sd-steps", default="2,3,4,5,6", help="N candidates for STANDALONE / sync-SD: the best on "
+                    "the tuning prompts is used (each candidate is one more server start, ~1 min on one CPU "
+                    "core; --sd-steps 4 skips the tuning)")
     ap.add_argument("--ssd-steps", default="4", help="K candidates for SSD (best is used)")
     ap.add_argument("--ssd-args", default="", help="extra flags for the SSD server, e.g. "
                     "'--ssd-fanout-budget 8' (the sync-sd baseline gets them too)")
-    ap.add_argument("--tune-prompts", type=int, default=2)
+    ap.add_argument("--tune-prompts", type=int, default=1)
     ap.add_argument("--tune-tokens", type=int, default=64)
     ap.add_argument("--draft", type=Path, default=None, help="draft directory (default: the distilled one)")
     ap.add_argument("--target", type=Path, default=None)

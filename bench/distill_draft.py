@@ -264,7 +264,8 @@ class Shortlist:
         ids = torch.cat([d["topi"].reshape(-1).long() for d in data] + [d["label"].long() for d in data] +
                         [torch.tensor(always, dtype=torch.long)])
         self.ids = torch.unique(ids)
-        self.index = torch.full((vocab,), -1, dtype=torch.long)
+        self.other = len(self.ids)  # the class of every token outside the shortlist (logit 0)
+        self.index = torch.full((vocab,), self.other, dtype=torch.long)
         self.index[self.ids] = torch.arange(len(self.ids))
 
     def zero_the_rest(self, student) -> None:
@@ -338,7 +339,10 @@ def loss_on(student, batch: list[dict], pad: int, soft_w: float = 1.0, grad: boo
         if grad:
             part.backward()
         total += float(part.detach())
-        agree += int((logits.argmax(-1) == labels[a:a + 2048]).sum())
+        hit = logits.argmax(-1) == labels[a:a + 2048]
+        if short is not None:  # "some token outside the shortlist" is not a draft token
+            hit &= labels[a:a + 2048] != short.other
+        agree += int(hit.sum())
     if grad:
         h.backward(hd.grad)
     return total, n, agree

@@ -14,6 +14,7 @@ batched: reproducible, and distributed exactly as p (G_n are independent across 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Sequence
 
@@ -46,13 +47,16 @@ def processed_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torc
 def seeded_gumbel(seed: int, positions: Sequence[int], v: int,
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """[len(positions), v] float64 Gumbel noise, a pure function of (seed, position, token id)."""
-    rows = []
-    for pos in positions:
-        h = hashlib.blake2b(repr(("gumbel", int(seed), int(pos))).encode(), digest_size=8)
-        g = torch.Generator().manual_seed(int.from_bytes(h.digest(), "little") & ((1 << 63) - 1))
-        rows.append(torch.rand(v, generator=g, dtype=torch.float64))
-    u = torch.stack(rows).clamp_(min=1e-300, max=1.0 - 2.0 ** -53)
-    return u.log_().neg_().log_().neg_().to(device)
+    return torch.stack([_gumbel_row(int(seed), int(pos), int(v)) for pos in positions]).to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _gumbel_row(seed: int, pos: int, v: int) -> torch.Tensor:
+    """One position's noise; cached because a round's tree samples each position many times."""
+    h = hashlib.blake2b(repr(("gumbel", seed, pos)).encode(), digest_size=8)
+    g = torch.Generator().manual_seed(int.from_bytes(h.digest(), "little") & ((1 << 63) - 1))
+    u = torch.rand(v, generator=g, dtype=torch.float64).clamp_(min=1e-300, max=1.0 - 2.0 ** -53)
+    return u.log_().neg_().log_().neg_()
 
 
 def gumbel_scores(probs: torch.Tensor, seed: int, positions: Sequence[int]) -> torch.Tensor:
