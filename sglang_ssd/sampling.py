@@ -29,13 +29,27 @@ def is_greedy(temperature: float, top_k: int) -> bool:
 
 def processed_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
                     top_p: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
-    """[R, V] float32 probabilities; parameters are [R] tensors (top_k <= 0 means all)."""
+    """[R, V] float32 probabilities; parameters are [R] tensors (top_k <= 0 means all).
+
+    Rows without top-k / top-p / min-p are the plain softmax (SGLang's simple sampling case) and
+    skip the sort over the vocabulary, the cost of every sampled draft step and verify row."""
     v = logits.shape[-1]
     probs = torch.softmax(logits.float() / temperature.float().clamp_min(SAMPLING_EPS).view(-1, 1), dim=-1)
+    need = ((top_k > 0) & (top_k < v)) | (top_p < 1.0) | (min_p > 0.0)
+    if not bool(need.any()):
+        return probs
+    rows = need.nonzero().view(-1)
+    probs[rows] = _filtered(probs[rows], top_k[rows].to(torch.int64), top_p[rows].float(), min_p[rows].float())
+    return probs
+
+
+def _filtered(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Top-k, then top-p (mass before the token > top_p is cut), then min-p, renormalised."""
+    v = probs.shape[-1]
     srt, idx = probs.sort(dim=-1, descending=True)
     csum = torch.cumsum(srt, dim=-1)
     k = torch.where(top_k > 0, top_k, torch.full_like(top_k, v)).view(-1, 1)
-    rank = torch.arange(v, device=logits.device).view(1, -1)
+    rank = torch.arange(v, device=probs.device).view(1, -1)
     srt = torch.where(rank >= k, torch.zeros_like(srt), srt)
     srt = torch.where((csum - srt) > top_p.view(-1, 1), torch.zeros_like(srt), srt)
     thresh = srt[:, :1] * min_p.view(-1, 1)
