@@ -27,6 +27,15 @@ def is_greedy(temperature: float, top_k: int) -> bool:
     return top_k == 1 or temperature < SAMPLING_EPS
 
 
+PARAMS = ("temperature", "top_k", "top_p", "min_p")
+
+
+def param_tensors(items, device: torch.device | str = "cpu") -> dict:
+    """processed_probs' parameters as [R] tensors, one row per item: anything with the four
+    attributes (SGLang's SamplingParams, the wire's Sampling)."""
+    return {name: torch.tensor([getattr(x, name) for x in items]).to(device) for name in PARAMS}
+
+
 def processed_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
                     top_p: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     """[R, V] float32 probabilities; parameters are [R] tensors (top_k <= 0 means all).

@@ -23,7 +23,7 @@ from sglang_ssd.prefix_cache import PrefixCache
 from sglang_ssd.grammar import DraftGrammars, accept_all, fill_masks, mask_logits, model_path_of
 from sglang_ssd.kernels.dispatch import saguaro_rescale
 from sglang_ssd.kernels.rejection import inverse_cdf
-from sglang_ssd.sampling import gumbel_choice, gumbel_scores, processed_probs
+from sglang_ssd.sampling import gumbel_choice, gumbel_scores, param_tensors, processed_probs
 from sglang_ssd.wire import Begin, Outcome, Plan, Refusal, Sampling, Spec
 
 
@@ -364,13 +364,7 @@ class Speculator:
         if not rows:
             return nxt
         sub = [chains[i] for i in rows]
-        q = processed_probs(
-            logits[rows],
-            torch.tensor([c.sampling.temperature for c in sub]),
-            torch.tensor([c.sampling.top_k for c in sub]),
-            torch.tensor([c.sampling.top_p for c in sub]),
-            torch.tensor([c.sampling.min_p for c in sub]),
-        )
+        q = processed_probs(logits[rows], **param_tensors([c.sampling for c in sub]))
         seeded = [j for j, c in enumerate(sub) if c.sampling.seed is not None]
         for j in seeded:
             c = sub[j]
@@ -390,7 +384,7 @@ class Speculator:
         """A seeded request's glue rows as Gumbel scores: forks rank the likely target choices."""
         sp = s.sampling
         n = glue_logits.shape[0]
-        q = processed_probs(glue_logits, *(torch.full((n,), x) for x in (sp.temperature, sp.top_k, sp.top_p, sp.min_p)))
+        q = processed_probs(glue_logits, **param_tensors([sp] * n))
         base = len(s.tokens) + 1  # row j samples the token after pending, x_1..x_j
         return gumbel_scores(q, sp.seed, range(base, base + n)).float()
 

@@ -77,15 +77,14 @@ def accept_seeded(logits: torch.Tensor, drafts: torch.Tensor, params: dict, seed
                   positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """k, t* for seeded sampled rows. logits [b, K+1, V]; drafts [b, K]; positions [b]: the
     position of the token the first logits row samples (row i samples position + i)."""
-    from sglang_ssd.sampling import gumbel_choice, processed_probs
+    from sglang_ssd.sampling import gumbel_choice
 
-    b, n, v = logits.shape
-    rep = {name: t.repeat_interleave(n) for name, t in params.items()}
-    p = processed_probs(logits.reshape(b * n, v), rep["temperature"], rep["top_k"], rep["top_p"],
-                        rep["min_p"]).view(b, n, v)
+    b, n, _ = logits.shape
+    p = _target_probs(logits, params)
     pred = torch.stack([gumbel_choice(p[j], seeds[j], range(positions[j], positions[j] + n))
                         for j in range(b)])
     return _accept_target_choices(drafts.to(pred.device), pred)
+
 
 def accept_sampled(logits: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, params: dict,
                    u_accept: torch.Tensor, u_residual: torch.Tensor, residual_q=None
@@ -93,13 +92,17 @@ def accept_sampled(logits: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, 
     """k, t* for sampled rows. logits [b, K+1, V]; drafts [b, K]; q [b, K, V] (one-hot rows for
     deterministic proposals); params: temperature/top_k/top_p/min_p [b] tensors."""
     from sglang_ssd.kernels.dispatch import chain_accept
+
+    return chain_accept(_target_probs(logits, params), q, drafts, u_accept, u_residual, residual_q)
+
+
+def _target_probs(logits: torch.Tensor, params: dict) -> torch.Tensor:
+    """p [b, K+1, V] from logits [b, K+1, V] and per-row params [b]."""
     from sglang_ssd.sampling import processed_probs
 
     b, n, v = logits.shape
     rep = {name: t.repeat_interleave(n) for name, t in params.items()}
-    p = processed_probs(logits.reshape(b * n, v), rep["temperature"], rep["top_k"], rep["top_p"],
-                        rep["min_p"]).view(b, n, v)
-    return chain_accept(p, q, drafts, u_accept, u_residual, residual_q)
+    return processed_probs(logits.reshape(b * n, v), **rep).view(b, n, v)
 
 
 def emitted_tokens(drafts: torch.Tensor, k: torch.Tensor, t_star: torch.Tensor) -> ChainResult:

@@ -34,7 +34,7 @@ from sglang_ssd.config import choose_draft_device, endpoint_for_replica, get_con
 from sglang_ssd.draft_client import DraftClient, DraftStartError
 from sglang_ssd.vocab import tokenizer_digest
 from sglang_ssd.fanout import resolve_fanout
-from sglang_ssd.sampling import gumbel_choice, is_greedy, processed_probs
+from sglang_ssd.sampling import gumbel_choice, is_greedy, param_tensors, processed_probs
 from sglang_ssd.grammar import apply_chain_mask, chain_grammar_mask, grammar_spec_of
 from sglang_ssd.verify import (accept_chain, accept_sampled, accept_seeded, emitted_tokens, needs_plain_path,
                                plain_path_reason)
@@ -236,11 +236,7 @@ class SSDWorker(BaseSpecWorker):
         """The first token of each seeded request: the Gumbel-max sample (sampling.py) of the
         distribution SGLang's sampler would use, at the position it takes."""
         sps = [batch.reqs[i].sampling_params for i in rows]
-        dev = logits.device
-        probs = processed_probs(logits.float(), torch.tensor([sp.temperature for sp in sps]).to(dev),
-                                torch.tensor([sp.top_k for sp in sps]).to(dev),
-                                torch.tensor([sp.top_p for sp in sps]).to(dev),
-                                torch.tensor([sp.min_p for sp in sps]).to(dev))
+        probs = processed_probs(logits.float(), **param_tensors(sps, logits.device))
         tokens = torch.cat([
             gumbel_choice(probs[j:j + 1], sp.sampling_seed,
                           [len(batch.reqs[i].origin_input_ids) + len(batch.reqs[i].output_ids)])
@@ -454,9 +450,7 @@ class SSDWorker(BaseSpecWorker):
         t_all = torch.tensor(res.t_star)
 
         def params(idx):
-            sps = [batch.reqs[i].sampling_params for i in idx]
-            return {name: torch.tensor([getattr(sp, name) for sp in sps]).to(lg_all.device)
-                    for name in ("temperature", "top_k", "top_p", "min_p")}
+            return param_tensors([batch.reqs[i].sampling_params for i in idx], lg_all.device)
 
         seeded = [i for i in rows if batch.reqs[i].sampling_params.sampling_seed is not None]
         unseeded = [i for i in rows if batch.reqs[i].sampling_params.sampling_seed is None]
