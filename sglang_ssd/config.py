@@ -180,7 +180,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("SSD (speculative speculative decoding, sglang-ssd)")
     g.add_argument("--ssd-fanout-budget", type=_int_in("--ssd-fanout-budget", 1, 4096), default=None,
                    help="Branches pre-drafted per request per round (B); split over positions by "
-                   "the geometric schedule. Default: 3*(K+1).")
+                   "the geometric schedule. Default: 3*(K+1); 15 with automatic K.")
     g.add_argument("--ssd-fanout", type=_fanout_list, default=None,
                    help="Explicit fan-out list F_0,...,F_K (K+1 non-negative integers); overrides "
                    "--ssd-fanout-budget.")
@@ -297,9 +297,19 @@ def validate(cfg: SSDConfig, *, k: Optional[int], draft_model_path: Optional[str
                                   "not a loopback address; pass --ssd-allow-remote-draft to opt in")
 
 
-def resolve_k(server_args) -> int:
-    k = getattr(server_args, "speculative_num_steps", None)
-    return int(k) if k is not None else DEFAULT_K
+def choose_depth(server_args, k_max: int, cfg: SSDConfig) -> tuple[int, bool]:
+    """(K of the first round, whether K is automatic). K is the user's when they gave
+    --speculative-num-steps (or an explicit --ssd-fanout, which fixes K+1 positions); otherwise it
+    starts at DEFAULT_K and the worker tunes it within [1, k_max] (auto_k.py)."""
+    raw = getattr(server_args, "_raw_input", None)
+    if raw is None:  # not resolved by SGLang's pipeline: nothing says K was left open
+        return k_max, False
+    user_k = raw.get("speculative_num_steps")
+    if user_k is not None:
+        return int(user_k), False
+    if cfg.fanout is not None:
+        return len(cfg.fanout) - 1, False
+    return min(DEFAULT_K, k_max), True
 
 
 def get_config(server_args) -> SSDConfig:

@@ -96,8 +96,10 @@ class DraftService:
             logger.info("session %s: K=%d fan-out %s backup %s", msg.session, msg.k, msg.fanout, msg.backup)
             return wire.encode(self.open(msg)), False
         rids = {b.rid for b in msg.begins} | {o.rid for o in msg.outcomes}
-        if self.spec is None or msg.round <= self.last_round:  # stale, duplicated, out of order
+        bad_depth = self.spec is not None and not 0 <= msg.depth <= self.spec.k
+        if self.spec is None or msg.round <= self.last_round or bad_depth:  # stale, out of order
             why = "no session (send Hello first)" if self.spec is None else \
+                f"depth={msg.depth} outside [0, {self.spec.k}] (the session's K)" if bad_depth else \
                 f"round {msg.round} is not after {self.last_round}"
             self._reject(f"step refused: {why}")
             if not msg.reply:
@@ -105,11 +107,14 @@ class DraftService:
             return wire.encode(wire.StepReply(
                 round=msg.round, refusals=[wire.Refusal(rid=r, reason=why) for r in sorted(rids)],
                 health=wire.Health(rejected=self.rejected, last_round=self.last_round,
-                                   out_of_order=self.spec is not None))), False
+                                   out_of_order=self.spec is not None and not bad_depth))), False
         self.last_round = msg.round
         spec = self.spec
         t0 = time.perf_counter()
+        tree_s, tree_depth = spec.last_tree_s, spec.last_tree_depth  # this round's hits came from it
         try:
+            if msg.depth:
+                spec.set_depth(msg.depth)
             spec.verify_s = msg.verify_s
             spec.release(msg.releases)
             refusals = spec.begin(list(msg.begins))
@@ -125,8 +130,8 @@ class DraftService:
         used, cached = spec.pool_usage()
         return wire.encode(wire.StepReply(
             round=msg.round, specs=specs, refusals=refusals + more,
-            times=wire.DraftTimes(tree_s=spec.last_tree_s, lookup_s=time.perf_counter() - t0,
-                                  backup_s=backup_s),
+            times=wire.DraftTimes(tree_s=tree_s, lookup_s=time.perf_counter() - t0,
+                                  backup_s=backup_s, depth=tree_depth),
             plan=spec.plan(),
             health=wire.Health(pool_used=used, pool_size=pool.size, pool_cached=cached,
                                prefill_computed=spec.prefill_computed, prefill_reused=spec.prefill_reused,

@@ -76,11 +76,18 @@ class FanoutEstimator:
         self.schedule = geometric_fanout(k, budget, self.accept, self.power, cap)
         self._since = 0
 
-    def observe(self, k: int, rank: int | None) -> None:
-        """One verification outcome; rank of t* among its position's candidates (None: unknown)."""
+    def set_k(self, k: int) -> list[int]:
+        """Plan for another depth (automatic K); the estimates carry over."""
+        self.k = k
+        self.schedule = geometric_fanout(k, self.budget, self.accept, self.power, self.cap)
+        return self.schedule
+
+    def observe(self, accepted: int, rank: int | None, k: Optional[int] = None) -> None:
+        """One verification outcome of a speculation k deep (default: the planned K): `accepted`
+        drafts, and the rank of t* among its position's candidates (None: unknown)."""
         d = self.decay
-        self.acc = self.acc * d + k
-        self.rej = self.rej * d + (1 if k < self.k else 0)
+        self.acc = self.acc * d + accepted
+        self.rej = self.rej * d + (1 if accepted < (self.k if k is None else k) else 0)
         if rank is not None:
             self.rank_hist = [h * d for h in self.rank_hist]
             self.rank_hist[min(rank, self.depth)] += 1.0

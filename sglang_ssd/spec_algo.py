@@ -2,7 +2,8 @@
 
 `SSDSpecAlgo` fills in what SGLang's scheduler calls on every algorithm but the stock
 CustomSpecAlgo lacks, and sets the speculative defaults SGLang leaves unset for plugin
-algorithms (K, chain width K+1, no overlap schedule) so allocation sizing works.
+algorithms (K, chain width K+1, no overlap schedule) so allocation sizing works. Without
+--speculative-num-steps, K is automatic and the reserved width is that of the deepest K.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import logging
 
 from sglang.srt.speculative.spec_registry import CustomSpecAlgo
 
-from sglang_ssd.config import DEFAULT_K, MAX_K
+from sglang_ssd.auto_k import AUTO_MAX_K
+from sglang_ssd.config import MAX_K
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +40,8 @@ class SSDSpecAlgo(CustomSpecAlgo):
 
     def handle_server_args(self, server_args) -> None:
         k = server_args.speculative_num_steps
-        if k is None:
-            k = DEFAULT_K
+        if k is None:  # K left to the worker (auto_k.py): reserve room for the deepest it may pick
+            k = AUTO_MAX_K
             server_args.speculative_num_steps = k
         server_args.speculative_eagle_topk = 1
         server_args.speculative_num_draft_tokens = k + 1

@@ -80,12 +80,15 @@ class Speculator:
         self.prefill_reused = 0  # prompt tokens whose KV came from the prefix cache
         self.saguaro_c = saguaro_c
         self.estimator = estimator  # None: a fixed (user-given) schedule
-        self.k = k
+        self.k = k  # the session's K: the deepest speculation the worker may ask for
+        self.depth = k  # this round's K (the worker's automatic K may lower it, auto_k.py)
         self.fanout = fanout
+        self._fixed_fanout = list(fanout)
         self.backup = backup
         self.backup_batch_threshold = backup_batch_threshold
         self.seqs: dict[str, DraftSeq] = {}
         self.last_tree_s = 0.0
+        self.last_tree_depth = 0
         self.grammars = DraftGrammars(model_path_of(model), int(model.vocab_size))
         self.policy = BackupPolicy(backup, backup_batch_threshold, k)
         self.last_backup, self.last_misses = "", 0
@@ -98,6 +101,18 @@ class Speculator:
     def verify_s(self, seconds: float) -> None:
         if seconds > 0:
             self.policy.verify_s = float(seconds)
+
+    def set_depth(self, depth: int) -> None:
+        """K for this round's answers and the next tree; the fan-out is re-planned for it."""
+        if not 1 <= depth <= self.k:
+            raise ValueError(f"depth={depth} outside [1, {self.k}]")
+        if depth == self.depth:
+            return
+        self.depth = depth
+        if self.estimator is not None:
+            self.fanout = self.estimator.set_k(depth)
+        else:
+            self.fanout = self._fixed_fanout[: depth + 1]
 
     def backup_threshold(self) -> int:
         """The adaptive backup's live b* (requests per batch from which misses get the fast one)."""
@@ -202,9 +217,12 @@ class Speculator:
             self._observe(seq, o)
             self.policy.observe_tokens(seq.source, o.k + 1)
             hit = seq.cache.get((o.k, o.t_star))
+            if hit is not None and len(hit[0]) < self.depth:  # pre-drafted before K grew
+                hit = None
             self.policy.observe_lookup(hit is not None)
             if hit is not None:
-                seq.spec, seq.spec_q = hit
+                toks, q = hit  # pre-drafted before K shrank: its first K tokens are a K-chain
+                seq.spec, seq.spec_q = toks[: self.depth], (None if q is None else q[: self.depth])
                 seq.source = "hit"
                 specs[o.rid] = _spec(seq, hit=True)
             else:
@@ -215,7 +233,7 @@ class Speculator:
         if missed:
             kind = self.policy.choose(len(outcomes))
             if kind == "fast":  # deterministic proposals: no q' (the target treats them as one-hot)
-                drafts = [(ngram_propose(s.tokens + [t], self.k), None) for s, t in missed]
+                drafts = [(ngram_propose(s.tokens + [t], self.depth), None) for s, t in missed]
             else:
                 drafts = self._neural(missed)
             for (seq, _), (toks, q) in zip(missed, drafts):
@@ -230,8 +248,8 @@ class Speculator:
         return ordered, refusals, backup_s
 
     def _commit(self, seq: DraftSeq, o: Outcome) -> None:
-        if not (0 <= o.k <= self.k):
-            raise RequestRefused(f"k={o.k} outside [0, {self.k}]")
+        if not (0 <= o.k <= len(seq.spec)):
+            raise RequestRefused(f"k={o.k} outside [0, {len(seq.spec)}] (the speculation's length)")
         self._check_ids([o.t_star], seq.rid)
         accepted = [seq.pending] + seq.spec[: o.k]
         emitted = seq.spec[: o.k] + [o.t_star]
@@ -257,12 +275,12 @@ class Speculator:
     def speculate(self) -> None:
         """Glue every live speculation, fork its likely outcomes and pre-draft them."""
         t0 = time.perf_counter()
-        self.last_tree_s = 0.0
-        seqs = [s for s in self.seqs.values() if s.spec and not s.glue_slots]
+        self.last_tree_s, self.last_tree_depth = 0.0, 0
+        k = self.depth  # a speculation of another length (K changed) misses and gets a backup
+        seqs = [s for s in self.seqs.values() if len(s.spec) == k and not s.glue_slots]
         if not seqs:
             return
         self._ensure_kv(seqs)
-        k = self.k
         toks, pos, write, vis = [], [], [], []
         for s in seqs:
             s.glue_slots = self.prefix.alloc(k + 1)
@@ -303,7 +321,7 @@ class Speculator:
         self._run_chains(chains)
         for (s, j, c), ch in zip(owners, chains):
             s.cache[(j, c)] = (ch.out, ch.q())
-        self.last_tree_s = time.perf_counter() - t0
+        self.last_tree_s, self.last_tree_depth = time.perf_counter() - t0, k
 
     def drop_speculation(self) -> None:
         """Forget this round's glue and cache (pool pressure): the next lookups miss."""
@@ -320,9 +338,11 @@ class Speculator:
         """Feed the fan-out estimator with this outcome and the rank of t* among the forks."""
         if self.estimator is None or not seq.ranked:
             return
+        if o.k >= len(seq.ranked):
+            return
         cands = seq.ranked[o.k]
         rank = cands.index(o.t_star) if o.t_star in cands else self.estimator.depth
-        self.estimator.observe(o.k, rank)
+        self.estimator.observe(o.k, rank, k=len(seq.spec))
         self.fanout = self.estimator.schedule
         seq.ranked = []
 
@@ -433,7 +453,7 @@ class Speculator:
             return
         try:
             cur = [c.first for c in chains]
-            for step in range(self.k):
+            for step in range(self.depth):
                 new = self.prefix.alloc(len(chains))
                 for c, s in zip(chains, new):
                     c.slots.append(s)

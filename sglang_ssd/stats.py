@@ -44,9 +44,14 @@ class SSDStats:
     plain_reasons: dict = field(default_factory=dict)  # plain-path rounds by reason
     grammar_spec_rounds: int = 0  # speculated rounds of grammar-constrained requests
     grammar_accepted: int = 0
+    live_k: Optional[int] = None  # K of the next round (automatic K moves it)
+    k_steps: dict = field(default_factory=dict)  # decode steps verified at each K
+    auto_k: dict = field(default_factory=dict)  # automatic K per batch-size bucket, with its timings
 
-    def record_round(self, ks, hits, wait_s, plain) -> None:
+    def record_round(self, ks, hits, wait_s, plain, depth: Optional[int] = None) -> None:
         self.steps += 1
+        if depth is not None:
+            self.k_steps[depth] = self.k_steps.get(depth, 0) + 1
         self.draft_wait_s += wait_s
         for k, h, p in zip(ks, hits, plain):
             self.rounds += 1
@@ -99,6 +104,8 @@ class SSDStats:
         d["refusal_reasons"] = dict(self.refusal_reasons)
         d["config"] = dict(self.config, fanout=list(self.fanout), backup_threshold=self.backup_threshold)
         d["plain_reasons"] = dict(self.plain_reasons)
+        d["k_steps"] = dict(self.k_steps)
+        d["auto_k"] = {b: dict(v) for b, v in self.auto_k.items()}
         d["accept_length"] = self.emitted / self.spec_rounds if self.spec_rounds else None
         d["cache_hit_rate"] = self.hits / self.lookups if self.lookups else None
         d["draft_wait_ms_per_step"] = 1e3 * self.draft_wait_s / self.steps if self.steps else None

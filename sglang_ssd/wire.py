@@ -71,7 +71,9 @@ class Outcome(msgspec.Struct, frozen=True):
 
 class Step(msgspec.Struct, tag="step", frozen=True):
     """verify_s: the target's measured verify time per round (seconds, 0 = not known yet), which
-    the adaptive backup weighs against the neural backup's own latency."""
+    the adaptive backup weighs against the neural backup's own latency. depth: K for this round's
+    answers and the tree pre-drafted after it, at most the session's K (0 = unchanged; a session
+    starts at its K); the worker's automatic K (auto_k.py) changes it."""
 
     round: int
     begins: list[Begin] = []
@@ -79,6 +81,7 @@ class Step(msgspec.Struct, tag="step", frozen=True):
     releases: list[str] = []
     reply: bool = True
     verify_s: float = 0.0
+    depth: int = 0
 
 
 class Spec(msgspec.Struct, frozen=True):
@@ -97,11 +100,13 @@ class Refusal(msgspec.Struct, frozen=True):
 
 
 class DraftTimes(msgspec.Struct, frozen=True):
-    """Seconds the draft spent on the previous round's speculation and on this lookup."""
+    """Seconds the draft spent on the previous round's speculation (a tree `depth` deep) and on
+    this lookup."""
 
     tree_s: float = 0.0
     lookup_s: float = 0.0
     backup_s: float = 0.0
+    depth: int = 0
 
 
 class Plan(msgspec.Struct, frozen=True):

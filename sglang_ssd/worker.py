@@ -30,7 +30,8 @@ from sglang.srt.utils import is_cpu
 from sglang_ssd import stats as ssd_stats
 from sglang_ssd import wire
 from sglang_ssd.backup import ngram_propose
-from sglang_ssd.config import choose_draft_device, endpoint_for_replica, get_config
+from sglang_ssd.auto_k import DepthController
+from sglang_ssd.config import choose_depth, choose_draft_device, endpoint_for_replica, get_config
 from sglang_ssd.draft_client import DraftClient, DraftStartError
 from sglang_ssd.vocab import tokenizer_digest
 from sglang_ssd.fanout import resolve_fanout
@@ -51,17 +52,24 @@ class SSDWorker(BaseSpecWorker):
         self._draft_worker = None
         self.model_runner = target_worker.model_runner
         self.device = get_device().device
+        self.cfg = get_config(server_args)
+        # self.k: the deepest speculation (SGLang reserves KV for it); each round's K comes from
+        # self.depth, which moves only when the user did not fix --speculative-num-steps.
         self.k = int(get_spec().speculative_num_steps)
+        k_init, auto = choose_depth(server_args, self.k, self.cfg)
+        self.depth = DepthController(k_init, self.k, auto)
         self.n = self.k + 1
         self.speculative_num_draft_tokens = self.n
         self.speculative_num_steps = self.k
         self.topk = 1
         self.tp_rank = get_parallel().tp_rank
         self.tp_group = get_parallel().tp_group
-        self.cfg = get_config(server_args)
         self.stats = ssd_stats.RUNNING
         self.vocab_size = int(self.model_runner.model_config.vocab_size)
-        self.fanout = resolve_fanout(self.k, self.cfg.fanout, self.cfg.fanout_budget, self.vocab_size)
+        budget = self.cfg.fanout_budget or (None if self.cfg.fanout else 3 * (k_init + 1))
+        fixed = self.cfg.fanout if self.cfg.fanout is None or len(self.cfg.fanout) == self.k + 1 else \
+            self.cfg.fanout + [0] * (self.k + 1 - len(self.cfg.fanout))  # K fixed below the reserve
+        self.fanout = resolve_fanout(self.k, fixed, budget, self.vocab_size)
         self.synced: dict[str, tuple[int, int]] = {}  # rid -> outcome of its last round
         self.refused: set[str] = set()  # rids the draft refused: served without it from then on
         self.round = 0
@@ -132,14 +140,15 @@ class SSDWorker(BaseSpecWorker):
         ready = client.ready
         self.stats.draft_pid = ready.pid
         self.stats.config = dict(
-            k=self.k, saguaro_c=cfg.saguaro_c, backup=cfg.backup,
+            k=self.depth.k, k_max=self.k, auto_k=self.depth.auto, saguaro_c=cfg.saguaro_c, backup=cfg.backup,
             fanout_budget=None if cfg.fanout is not None else sum(self.fanout),
             explicit_fanout=cfg.fanout, draft_model=draft_path, draft_device=ready.device,
             draft_endpoint=endpoint or "spawned (private ipc)", draft_engine=cfg.draft_engine,
             draft_timeout_ms=cfg.draft_timeout * 1e3, curve=bool(cfg.curve_keys))
         self.stats.fanout = list(ready.fanout)
-        logger.info("SSD draft process %d ready on %s (K=%d, fan-out %s)", ready.pid, ready.device,
-                    self.k, ready.fanout)
+        logger.info("SSD draft process %d ready on %s (K=%s, fan-out budget %d)", ready.pid, ready.device,
+                    f"auto 1..{self.k} from {self.depth.k}" if self.depth.auto else self.depth.k,
+                    sum(ready.fanout))
         return client
 
     @property
@@ -182,7 +191,7 @@ class SSDWorker(BaseSpecWorker):
         self.synced.clear()
         self.refused.clear()
         self.round += 1
-        self._send(wire.Step(round=self.round, releases=releases))  # the reply updates pool usage
+        self._send(wire.Step(round=self.round, releases=releases, depth=self.depth.k))  # the reply updates pool usage
 
     # ---- the scheduler's entry point ------------------------------------------------------
     def forward_batch_generation(self, batch: ScheduleBatch, on_publish=None, grammar_barrier=None,
@@ -245,9 +254,10 @@ class SSDWorker(BaseSpecWorker):
         predict[torch.tensor(rows, device=predict.device)] = tokens.to(predict.device, predict.dtype)
         return predict
 
-    def _exchange(self, batch):
-        """One round with the draft: drafts, proposals q' (None: deterministic), hit flags
-        (None: no cache lookup) per request, and the time spent waiting."""
+    def _exchange(self, batch, k: int):
+        """One round with the draft at depth k: drafts, proposals q' (None: deterministic), hit
+        flags (None: no cache lookup) per request, the time spent waiting, and the draft's tree
+        time and depth for this round's speculation."""
         reqs = batch.reqs
         cur = {r.rid for r in reqs}
         releases = [rid for rid in self.synced if rid not in cur]
@@ -271,9 +281,9 @@ class SSDWorker(BaseSpecWorker):
         self.round += 1
         t0 = time.perf_counter()
         reply = self._send(wire.Step(round=self.round, begins=begins, outcomes=outcomes, releases=releases,
-                                     verify_s=self._verify_s))
+                                     verify_s=self._verify_s, depth=k))
         wait = time.perf_counter() - t0
-        specs = {}
+        specs, tree = {}, (0.0, 0)
         if reply is not None and reply.health.out_of_order:
             # The draft saw a later round than ours (a corrupted or forged Step got through):
             # move past it and resync every request next round instead of refusing them.
@@ -283,7 +293,8 @@ class SSDWorker(BaseSpecWorker):
             self.synced.clear()
             self.stats.round_resyncs += 1
         elif reply is not None:
-            specs = {s.rid: s for s in reply.specs if len(s.tokens) == self.k}
+            specs = {s.rid: s for s in reply.specs if len(s.tokens) == k}
+            tree = (reply.times.tree_s, reply.times.depth)
             for r in reply.refusals:
                 logger.warning("SSD draft refused request %s, serving it without the draft: %s",
                                r.rid, r.reason)
@@ -302,7 +313,7 @@ class SSDWorker(BaseSpecWorker):
             ok = s is not None and all(0 <= t < self.vocab_size for t in s.tokens)
             q = None
             if ok and s.q:
-                q = self._decode_q(s.q, s.tokens)
+                q = self._decode_q(s.q, s.tokens, k)
                 ok = q is not None
             if ok:
                 drafts.append(list(s.tokens))
@@ -311,19 +322,19 @@ class SSDWorker(BaseSpecWorker):
             else:  # refused, malformed or no answer: serve exactly with the fast backup
                 self.synced.pop(req.rid, None)
                 ctx = list(req.origin_input_ids) + list(req.output_ids)
-                drafts.append(ngram_propose(ctx, self.k))
+                drafts.append(ngram_propose(ctx, k))
                 qs.append(None)
                 hits.append(None)
-        return drafts, qs, hits, wait
+        return drafts, qs, hits, wait, tree
 
-    def _decode_q(self, raw: bytes, tokens: list[int]) -> Optional[torch.Tensor]:
+    def _decode_q(self, raw: bytes, tokens: list[int], k: int) -> Optional[torch.Tensor]:
         """q' [K, V] from the wire, or None if it is not a distribution the tokens came from."""
         v = self.vocab_size
-        if len(raw) != self.k * v * 4 and len(raw) % (self.k * 4) != 0:
+        if len(raw) != k * v * 4 and len(raw) % (k * 4) != 0:
             return None
-        q = torch.frombuffer(bytearray(raw), dtype=torch.float32).view(self.k, -1)
+        q = torch.frombuffer(bytearray(raw), dtype=torch.float32).view(k, -1)
         if q.shape[1] < v:  # a draft with a smaller (unpadded) vocabulary
-            q = torch.cat([q, q.new_zeros(self.k, v - q.shape[1])], dim=1)
+            q = torch.cat([q, q.new_zeros(k, v - q.shape[1])], dim=1)
         q = q[:, :v]
         if not bool(torch.isfinite(q).all()) or bool((q < 0).any()):
             return None
@@ -338,14 +349,24 @@ class SSDWorker(BaseSpecWorker):
 
     def _decode(self, batch: ScheduleBatch, on_publish) -> GenerationBatchResult:
         bs = len(batch.reqs)
-        n, k = self.n, self.k
+        k = self.depth.k
         pending = [int(r.output_ids[-1]) if r.output_ids else int(r.origin_input_ids[-1]) for r in batch.reqs]
+        tree = (0.0, 0)
         if self.tp_rank == 0:
-            drafts_l, qs, hits, wait = self._exchange(batch)
+            drafts_l, qs, hits, wait, tree = self._exchange(batch, k)
         else:
             drafts_l, qs, hits, wait = [[0] * k for _ in range(bs)], [None] * bs, [None] * bs, 0.0
         drafts = torch.tensor([[t] + d for t, d in zip(pending, drafts_l)], dtype=torch.int64)
-        drafts = self._broadcast(drafts.to(self.device))
+        if self.tp_group is not None and self.tp_group.world_size > 1:
+            # Every rank verifies rank 0's drafts at rank 0's K: [K, t, x_1..x_K, padding] per row.
+            full = torch.zeros(bs, self.k + 2, dtype=torch.int64)
+            full[:, 0] = k
+            full[:, 1:k + 2] = drafts
+            full = self._broadcast(full.to(self.device))
+            k = int(full[0, 0]) if bs else k
+            drafts = full[:, 1:k + 2].contiguous()
+        drafts = drafts.to(self.device)
+        n = k + 1
 
         self._prepare_verify(batch, drafts)
         t0 = time.perf_counter()
@@ -380,7 +401,13 @@ class SSDWorker(BaseSpecWorker):
         for req, kk, ts in zip(batch.reqs, res.k, res.t_star):
             if req.rid in self.synced or self.tp_rank != 0:
                 self.synced[req.rid] = (kk, ts)
-        self.stats.record_round(res.k, hits, wait, [bool(p) for p in plain.tolist()])
+        self.stats.record_round(res.k, hits, wait, [bool(p) for p in plain.tolist()], depth=k)
+        if self.tp_rank == 0:
+            spec_ks = [kk for kk, p in zip(res.k, plain.tolist()) if not p]
+            nxt = self.depth.observe(k, bs, spec_ks, took, tree[0], tree[1], wait)
+            self.stats.live_k = nxt
+            if self.depth.auto:
+                self.stats.auto_k = self.depth.table()
         if self.metrics is not None:
             self.metrics.publish(self.stats)
         self._record_reasons(reasons, grammar_rows, res.k)
@@ -411,6 +438,7 @@ class SSDWorker(BaseSpecWorker):
         if not rows:
             return None, []
         d = drafts.cpu()
+        n = d.shape[1]
         vocab = int(batch.sampling_info.vocab_size)
         ok, gm = [], None
         for i in rows:  # one row at a time: a broken grammar only sends its own request plain
@@ -424,7 +452,6 @@ class SSDWorker(BaseSpecWorker):
             if gm is None:
                 gm = one
             else:
-                n = self.n
                 gm[1][i * n:(i + 1) * n] = one[1][i * n:(i + 1) * n]
             ok.append(i)
         return gm, ok
@@ -441,7 +468,8 @@ class SSDWorker(BaseSpecWorker):
     def _accept_sampled(self, batch, drafts, logits, qs, rows, res):
         """Lossless rejection sampling for the sampled rows (seeded ones: the Gumbel-max rule of
         verify.accept_seeded); the other rows keep `res`."""
-        n, k = self.n, self.k
+        n = drafts.shape[1]
+        k = n - 1
         v = logits.shape[-1]
         lg_all = logits.view(len(batch.reqs), n, v)
         d_all = drafts[:, 1:].cpu()
@@ -510,7 +538,8 @@ class SSDWorker(BaseSpecWorker):
 
     def _sample_first_position(self, batch: ScheduleBatch, logits: torch.Tensor) -> torch.Tensor:
         """SGLang's own sampler on each request's first verify position: the plain next token."""
-        first = logits.view(len(batch.reqs), self.n, -1)[:, 0, :].clone()
+        bs = len(batch.reqs)
+        first = logits.view(bs, logits.shape[0] // bs, -1)[:, 0, :].clone()
         out = LogitsProcessorOutput(next_token_logits=first)
         info = batch.sampling_info
         self.model_runner._preprocess_logits(out, info)

@@ -96,3 +96,19 @@ def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
             out.append(t)
             inp = torch.tensor([[t]])
     return out
+
+
+def hf_seeded(model, prompt, n, sp):
+    """The seeded reference: at each position the Gumbel-max sample (sglang_ssd.sampling) of
+    the target's distribution as SGLang's sampler forms it, from Hugging Face logits."""
+    import torch
+
+    from sglang_ssd.sampling import gumbel_choice, processed_probs
+
+    ids = list(prompt)
+    params = [torch.tensor([x]) for x in (sp["temperature"], sp.get("top_k", -1), sp.get("top_p", 1.0), 0.0)]
+    with torch.no_grad():
+        for _ in range(n):
+            probs = processed_probs(model(torch.tensor([ids])).logits[0, -1:], *params)
+            ids.append(int(gumbel_choice(probs, sp["sampling_seed"], [len(ids)])[0]))
+    return ids[len(prompt):]

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from conftest import K, hf_greedy
+from conftest import K, hf_greedy, hf_seeded
 
 TEXTS = [
     "The quick brown fox", "def add(a, b):", "Once upon a time", "Question: what is 12 plus 30?",
@@ -261,27 +261,13 @@ def test_radix_cache_reuses_kv_committed_by_ssd(servers, prompts, hf_target):
     assert second["output_ids"] == hf_greedy(hf_target, cont, 16)
 
 
-def _hf_seeded(model, prompt, n, sp):
-    """The seeded reference: at each position the Gumbel-max sample (sglang_ssd.sampling) of
-    the target's distribution as SGLang's sampler forms it, from Hugging Face logits."""
-    from sglang_ssd.sampling import gumbel_choice, processed_probs
-
-    ids = list(prompt)
-    params = [torch.tensor([x]) for x in (sp["temperature"], sp.get("top_k", -1), sp.get("top_p", 1.0), 0.0)]
-    with torch.no_grad():
-        for _ in range(n):
-            probs = processed_probs(model(torch.tensor([ids])).logits[0, -1:], *params)
-            ids.append(int(gumbel_choice(probs, sp["sampling_seed"], [len(ids)])[0]))
-    return ids[len(prompt):]
-
-
 def test_same_seed_same_output_through_the_server(servers, prompts, hf_target):
     """sampling_seed makes a sampled request's output a function of the seed and the target only:
     equal to the seeded reference computed from the target in HF, first token included, with
     every draft (hits, partial acceptance, misses with the fast backup), alone or batched with
     other requests; another seed gives another output."""
     sp = {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 24, "ignore_eos": True, "sampling_seed": 1234}
-    want = [_hf_seeded(hf_target, prompts[i], 24, sp) for i in (2, 3)]
+    want = [hf_seeded(hf_target, prompts[i], 24, sp) for i in (2, 3)]
     for draft in DRAFTS:
         srv = ssd(servers, draft)
         assert srv.generate(prompts[2], sp)["output_ids"] == want[0], draft
