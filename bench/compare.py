@@ -270,6 +270,12 @@ def fmt(x, p=1):
     return f"{x:.{p}f}" if isinstance(x, float) else str(x)
 
 
+def sets_in(results: dict, pres: dict, temp) -> list[str]:
+    """The prompt sets one protocol measured at `temp` (the shared protocol may run fewer)."""
+    have = next(iter(pres.values()))["temps"].get(str(temp), {})
+    return [s for s in results["sets"] if s in have]
+
+
 def k_label(steps, r: dict) -> str:
     """The K a mode ran at: fixed N, or automatic K's mean over its rounds."""
     ks = r.get("k_steps") or {}
@@ -289,7 +295,7 @@ def tables(results: dict) -> str:
                    f"draft tree ms/round | hand-off ms/round | SSD/{LABELS[sd].split(' ')[0]} | SSD/AR |")
         out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for temp in results["temperatures"]:
-            for name in results["sets"]:
+            for name in sets_in(results, pres, temp):
                 row = {m: pres[m]["temps"][str(temp)][name] for m in modes if m in pres}
                 ssd_v = row.get("ssd", {}).get("decode_tok_s")
                 for m in modes:
@@ -318,7 +324,6 @@ def plot(results: dict, path: Path) -> None:
 
     protos = list(results["protocols"])
     temps = results["temperatures"]
-    sets = results["sets"]
     modes = results["modes"]
     fig, axes = plt.subplots(len(protos) + 1, len(temps), figsize=(6 * len(temps), 3.2 * (len(protos) + 1)),
                              squeeze=False)
@@ -330,6 +335,7 @@ def plot(results: dict, path: Path) -> None:
             if str(temp) not in next(iter(results["protocols"][proto].values()))["temps"]:
                 ax.axis("off")
                 continue
+            sets = sets_in(results, results["protocols"][proto], temp)
             for i, m in enumerate(modes):
                 pres = results["protocols"][proto].get(m)
                 if pres is None:
@@ -403,7 +409,7 @@ def check_greedy(results: dict) -> list[str]:
         for m in pres:
             if m == "ar":
                 continue
-            for name in results["sets"]:
+            for name in sets_in(results, pres, 0.0):
                 ref = pres["ar"]["temps"]["0.0"][name]["outputs"]
                 got = pres[m]["temps"]["0.0"][name]["outputs"]
                 for i, (a, b) in enumerate(zip(ref, got)):
@@ -425,6 +431,8 @@ def main() -> None:
     ap.add_argument("--protocols", default="pinned,shared", help="pinned (paper: target core 0, SSD draft core 1) "
                     "and/or shared (every mode on both cores)")
     ap.add_argument("--shared-temperatures", default="0", help="temperatures for the shared protocol")
+    ap.add_argument("--shared-sets", default="humaneval", help="prompt sets for the shared protocol (default "
+                    "humaneval, to fit ~20 minutes; 'all' for every set)")
     ap.add_argument("--sd-steps", default="2,3,4,5,6", help="N candidates for STANDALONE / sync-SD: the best on "
                     "the tuning prompts is used (each candidate is one more server start, ~1 min on one CPU "
                     "core; --sd-steps 4 skips the tuning)")
@@ -475,8 +483,10 @@ def main() -> None:
     sd_candidates = [int(x) for x in args.sd_steps.split(",")]
     ssd_candidates = [0 if x.strip() == "auto" else int(x) for x in args.ssd_steps.split(",")]
     n_tune = args.tune_prompts * sum(len(c) for c in (sd_candidates, ssd_candidates) if len(c) > 1)
-    n_main = sum(len(v) for v in prompts.values()) * 3 * sum(
-        len(temps if p == "pinned" else shared_temps) for p in protocols)
+    shared_prompts = prompts if args.shared_sets == "all" or args.quick else {
+        s: prompts[s] for s in args.shared_sets.split(",") if s in prompts}
+    n_main = 3 * sum(sum(len(v) for v in (prompts if p == "pinned" else shared_prompts).values())
+                     * len(temps if p == "pinned" else shared_temps) for p in protocols)
     bar = tqdm(total=n_tune + n_main, desc="requests", unit="req", dynamic_ncols=True)
     tune_prompts = [prompt_sets.encode(tok, p) for p in prompt_sets.load_set("humaneval")[: args.tune_prompts]]
     tuning, best, kept = {}, {"ar": 0}, {}
@@ -504,7 +514,8 @@ def main() -> None:
                "standalone_on_cpu": standalone_error is None, "standalone_error": standalone_error,
                "modes": modes, "labels": {m: LABELS[m] for m in modes}, "steps": best, "tuning": tuning,
                "sets": sets, "prompts_per_set": args.prompts, "max_new_tokens": args.max_new_tokens,
-               "ssd_args": SSD_EXTRA, "temperatures": temps, "shared_temperatures": shared_temps, "protocol_text": protocol_text,
+               "ssd_args": SSD_EXTRA, "temperatures": temps, "shared_temperatures": shared_temps,
+               "shared_sets": list(shared_prompts), "protocol_text": protocol_text,
                "protocols": {}, "logs": str(logdir)}
     try:
         for proto in protocols:
@@ -516,7 +527,8 @@ def main() -> None:
                 run = kept.pop(m, None) if pinned else None
                 run = run or start_checked(target, draft, m, best[m], pinned, logdir)
                 try:
-                    results["protocols"][proto][m] = run_mode(run, prompts, temps if pinned else shared_temps,
+                    results["protocols"][proto][m] = run_mode(run, prompts if pinned else shared_prompts,
+                                                              temps if pinned else shared_temps,
                                                               args.max_new_tokens, bar)
                     args.out.parent.mkdir(parents=True, exist_ok=True)  # partial results, in case of a stop
                     args.out.write_text(json.dumps(dict(results, complete=False), indent=1))

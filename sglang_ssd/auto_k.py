@@ -2,20 +2,21 @@
 
 SSD hides the draft only while the tree for the next round is built before the target's verify
 ends. A deeper tree proposes more tokens per round but costs draft time roughly in proportion to
-K, and (on a compute-bound target) verify time too. The worker measures, per batch-size bucket and
-per K, the verify time V(K) and the draft's tree time T(K); every `every` rounds it moves K one
-step toward the depth with the best expected tokens per second among those whose tree fits:
-
-    E(K) = (1 - a^(K+1)) / (1 - a)      tokens per round, a = per-token acceptance
-    R(K) = max(V(K), T(K)) + h          seconds per round, h = hand-off and lookup (measured)
-
-a is the maximum-likelihood estimate of the truncated geometric law of accepted counts. Depths not
-measured yet are extrapolated: linearly from two measured depths, else the tree grows in
-proportion to K and the verify stays flat (optimistic; the next measurement corrects it).
-Measurements of depths not visited for a while age out, so an old verdict is revisited: with
-only one depth measured, the controller first steps to a neighbour to learn the slope.
-Each batch-size bucket remembers its own K: a server that alternates between light and heavy
-load switches at once instead of re-learning.
+K, and on a compute-bound target the verify costs more too (not even monotonically: on a CPU a
+3-token forward can be slower than a 5-token one, GEMM kernels differ by shape). So K is chosen
+from measurements, per batch-size bucket: for each K visited, the means over its latest visit of
+the round's wall time R(K), the verify time V(K), the draft's tree time T(K) and the tokens
+emitted per request-round. Tokens per round are noisy over one visit, so E(K) shrinks the measured
+mean toward the geometric law G(K) = (1 - a^(K+1)) / (1 - a) at the per-token acceptance a
+measured over all rounds (worth N0 rounds); it still learns what the law misses (the backup's
+share, hits in easy stretches). Every `every` rounds the controller moves K one step toward the
+neighbour with the best throughput E/R among those whose tree fits (T <= V); a tree that does not
+fit sends K down at once. A neighbour not measured recently is visited when predicted better (or,
+when no neighbour is measured, when predicted close): E = G, V and T extrapolated from the depths
+measured (linear; with one depth the tree grows in proportion to K and the verify stays flat).
+Measurements age out after MAX_AGE decisions, so a verdict is revisited when the load or the text
+changes. Each bucket keeps its own K: a server that alternates between light and heavy load
+switches at once.
 """
 
 from __future__ import annotations
@@ -27,32 +28,49 @@ from typing import Optional
 AUTO_MAX_K = 8  # the deepest tree auto K may choose (and the KV SGLang reserves per round)
 EVERY = int(os.environ.get("SGLANG_SSD_AUTO_K_EVERY", "32"))
 DECAY = 0.99  # per round, for the acceptance estimate
-WEIGHT = 0.2  # EWMA weight of a new timing
-MAX_AGE = 16  # decisions after which a depth's timings are no longer trusted
+MAX_AGE = 16  # decisions after which a depth's measurements are no longer trusted
 MARGIN = 0.03  # a move must promise this much more throughput
+EXPLORE = 0.85  # with no neighbour measured, visit one predicted to reach this share of the rate
+N0 = 64.0  # request-rounds the geometric law is worth against a visit's measured tokens per round
 
 
 @dataclass
-class _Ewma:
-    value: float = 0.0
-    n: int = 0
-    age: int = 0  # decisions since the last sample
+class _Visit:
+    """Sums over the latest visit of one K (one bucket)."""
 
-    def add(self, x: float) -> None:
-        self.value = x if self.n == 0 else (1 - WEIGHT) * self.value + WEIGHT * x
-        self.n += 1
-        self.age = 0
+    rounds: int = 0
+    req_rounds: int = 0
+    tokens: float = 0.0
+    round_s: float = 0.0
+    verify_s: float = 0.0
+    trees: int = 0
+    tree_s: float = 0.0
+    age: int = 0  # decisions since the visit ended (0 while it lasts)
 
     @property
     def fresh(self) -> bool:
-        return self.n > 0 and self.age <= MAX_AGE
+        return self.rounds > 0 and self.age <= MAX_AGE
+
+    def e(self, prior: float) -> float:
+        return (self.tokens + N0 * prior) / (self.req_rounds + N0)
+
+    @property
+    def r(self) -> float:
+        return self.round_s / self.rounds
+
+    @property
+    def v(self) -> float:
+        return self.verify_s / self.rounds
+
+    @property
+    def t(self) -> Optional[float]:
+        return self.tree_s / self.trees if self.trees else None
 
 
 @dataclass
 class _Bucket:
     k: int
-    verify: dict = field(default_factory=dict)  # K -> _Ewma seconds
-    tree: dict = field(default_factory=dict)  # K -> _Ewma seconds
+    visits: dict = field(default_factory=dict)  # K -> _Visit
     rounds: int = 0  # rounds at `k` since the last decision
 
 
@@ -62,22 +80,17 @@ def expected_tokens(a: float, k: int) -> float:
     return (1.0 - a ** (k + 1)) / (1.0 - a)
 
 
-def _predict(samples: dict, k: int, proportional: bool) -> Optional[float]:
-    """A timing at depth k: measured if fresh, else extrapolated from the fresh ones."""
-    s = samples.get(k)
-    if s is not None and s.fresh:
-        return s.value
-    pts = sorted((kk, e.value) for kk, e in samples.items() if e.fresh)
-    if not pts:
+def _extrapolate(points: list[tuple[int, float]], k: int, proportional: bool) -> Optional[float]:
+    if not points:
         return None
-    if len(pts) == 1:
-        k0, v0 = pts[0]
+    if len(points) == 1:
+        k0, v0 = points[0]
         return v0 * k / k0 if proportional else v0
-    n = len(pts)
-    mx = sum(p[0] for p in pts) / n
-    my = sum(p[1] for p in pts) / n
-    var = sum((p[0] - mx) ** 2 for p in pts)
-    slope = sum((p[0] - mx) * (p[1] - my) for p in pts) / var
+    n = len(points)
+    mx = sum(p[0] for p in points) / n
+    my = sum(p[1] for p in points) / n
+    var = sum((p[0] - mx) ** 2 for p in points)
+    slope = sum((p[0] - mx) * (p[1] - my) for p in points) / var
     return max(0.0, my + slope * (k - mx))
 
 
@@ -90,21 +103,21 @@ class DepthController:
         self.k, self.k_max, self.k_min, self.auto, self.every = k_init, k_max, k_min, auto, max(1, every)
         self._buckets: dict[int, _Bucket] = {}
         self._acc, self._rej = 0.0, 0.0
-        self.overhead_s = 0.0  # h: wait beyond the tree's overrun (lookup, backup, transport)
         self.moves = 0
 
     @property
     def accept(self) -> float:
-        """Per-token acceptance (0.5 until measured)."""
+        """Per-token acceptance: the truncated geometric MLE (0.5 until measured)."""
         n = self._acc + self._rej
         return self._acc / n if n > 0 else 0.5
 
-    def observe(self, k: int, batch_size: int, accepted: list[int], verify_s: float,
-                tree_s: float = 0.0, tree_k: int = 0, wait_s: float = 0.0) -> int:
+    def observe(self, k: int, batch_size: int, accepted: list[int], verify_s: float, round_s: float,
+                tree_s: float = 0.0, tree_k: int = 0) -> int:
         """One verified round at depth k; returns K for the next round.
 
-        accepted: draft tokens accepted per speculated request (each <= k); tree_s: the draft's
-        time for the tree this round's speculation came from, which it built at depth tree_k.
+        accepted: draft tokens accepted per speculated request (each <= k); round_s: the round's
+        wall time on the worker (draft exchange, verify, acceptance); tree_s: the draft's time for
+        the tree this round's speculation came from, which it built at depth tree_k.
         """
         for j in accepted:
             self._acc = self._acc * DECAY + min(j, k)
@@ -112,59 +125,68 @@ class DepthController:
         if not self.auto or batch_size < 1:
             return self.k
         b = self._bucket(batch_size)
-        b.verify.setdefault(k, _Ewma()).add(verify_s)
-        if tree_k >= 1 and tree_s > 0:
-            b.tree.setdefault(tree_k, _Ewma()).add(tree_s)
-        overrun = max(0.0, tree_s - verify_s) if tree_k == k else 0.0
-        h = max(0.0, wait_s - overrun)
-        self.overhead_s = h if self.overhead_s == 0 else 0.9 * self.overhead_s + 0.1 * h
         if b.k != self.k:  # the batch moved to another bucket: use what that bucket learned
             self.k = b.k
             b.rounds = 0
             return self.k
+        v = b.visits.get(k)
+        if v is None or v.age > 0:  # a new visit replaces what an earlier one measured
+            v = b.visits[k] = _Visit()
+        v.rounds += 1
+        v.req_rounds += len(accepted)
+        v.tokens += sum(min(j, k) + 1 for j in accepted)
+        v.round_s += round_s
+        v.verify_s += verify_s
+        if tree_k == k and tree_s > 0:
+            v.trees += 1
+            v.tree_s += tree_s
         b.rounds += 1
         if b.rounds >= self.every:
             b.rounds = 0
             self._decide(b)
         return self.k
 
-    def score(self, b: _Bucket, k: int) -> Optional[tuple[float, bool]]:
-        """(expected tokens per second, whether the tree fits inside the verify) at depth k."""
-        v = _predict(b.verify, k, proportional=False)
-        t = _predict(b.tree, k, proportional=True)
-        if v is None or t is None:
+    def _predict(self, b: _Bucket, k: int) -> Optional[tuple[float, bool, bool]]:
+        """(tokens per second, whether the tree fits, whether measured) at depth k."""
+        here = b.visits.get(b.k)
+        v = b.visits.get(k)
+        g = expected_tokens(self.accept, k)
+        if v is not None and v.fresh and v.t is not None:
+            return v.e(g) / v.r, v.t <= v.v, True
+        if here is None or here.t is None:
             return None
-        return expected_tokens(self.accept, k) / (max(v, t) + self.overhead_s + 1e-9), t <= v
+        fresh = [(kk, x) for kk, x in sorted(b.visits.items()) if x.fresh]
+        vk = _extrapolate([(kk, x.v) for kk, x in fresh], k, proportional=False)
+        tk = _extrapolate([(kk, x.t) for kk, x in fresh if x.t is not None], k, proportional=True)
+        r = max(1e-9, here.r - max(here.v, here.t) + max(vk, tk))
+        return g / r, tk <= vk, False
 
     def _decide(self, b: _Bucket) -> None:
-        for d in (b.verify, b.tree):
-            for e in d.values():
-                e.age += 1
-        here = self.score(b, b.k)
+        for kk, v in b.visits.items():
+            if kk != b.k:
+                v.age += 1
+        here = self._predict(b, b.k)
         if here is None:
             return
-        rate, fits = here
-        best, best_rate = b.k, rate
-        unknown = [k for k in (b.k - 1, b.k + 1) if self.k_min <= k <= self.k_max
-                   and not (k in b.verify and b.verify[k].fresh)]
+        rate, fits, _ = here
+        best = b.k
         if not fits:  # the target is waiting for the tree: shallower, whatever it costs
             best = max(self.k_min, b.k - 1)
-        elif unknown and sum(e.fresh for e in b.verify.values()) < 2:
-            # One verify timing says nothing about how the verify grows with K: measure a
-            # neighbour (the shallower one first: it cannot overrun).
-            k = unknown[0]
-            s = self.score(b, k)
-            if k < b.k or (s is not None and s[1]):
-                best = k
         else:
+            measured, unmeasured = [], []
             for k in (b.k - 1, b.k + 1):
-                if not self.k_min <= k <= self.k_max:
-                    continue
-                s = self.score(b, k)
-                if s is not None and s[1] and s[0] > best_rate * (1 + MARGIN):
-                    best, best_rate = k, s[0]
+                p = self._predict(b, k) if self.k_min <= k <= self.k_max else None
+                if p is not None and p[1]:
+                    (measured if p[2] else unmeasured).append((p[0], k))
+            better = [x for x in measured + unmeasured if x[0] > rate * (1 + MARGIN)]
+            worth = [x for x in unmeasured if x[0] >= rate * EXPLORE] if not measured else []
+            if better:  # the best measured or predicted neighbour (a prediction gets measured)
+                best = max(better)[1]
+            elif worth:  # nothing measured around: learn how the verify grows with K
+                best = max(worth)[1]
         if best != b.k:
             self.moves += 1
+            b.visits[b.k].age = max(b.visits[b.k].age, 1)  # the visit is over
         b.k = self.k = best
 
     def _bucket(self, batch_size: int) -> _Bucket:
@@ -175,13 +197,17 @@ class DepthController:
         return b
 
     def table(self) -> dict:
-        """Per bucket: its K and the timings behind it (ms), for the statistics."""
+        """Per bucket: its K and, per K measured, tokens per request-round and ms per round,
+        verify and tree, for the statistics."""
         out = {}
         for key, b in sorted(self._buckets.items()):
             lo = 1 << (key - 1)
             out[f"bs{lo}-{2 * lo - 1}"] = {
                 "k": b.k,
-                "verify_ms": {k: round(e.value * 1e3, 3) for k, e in sorted(b.verify.items())},
-                "tree_ms": {k: round(e.value * 1e3, 3) for k, e in sorted(b.tree.items())},
+                "tokens_per_round": {k: round(v.tokens / max(v.req_rounds, 1), 3)
+                                     for k, v in sorted(b.visits.items())},
+                "round_ms": {k: round(v.r * 1e3, 3) for k, v in sorted(b.visits.items())},
+                "verify_ms": {k: round(v.v * 1e3, 3) for k, v in sorted(b.visits.items())},
+                "tree_ms": {k: round(v.t * 1e3, 3) for k, v in sorted(b.visits.items()) if v.t is not None},
             }
         return out

@@ -207,7 +207,12 @@ class Speculator:
                     if len(seq.tokens) != o.committed_len:
                         raise RequestRefused(f"committed length {o.committed_len} from the target, "
                                              f"draft has {len(seq.tokens)}")
-                    specs[o.rid] = _spec(seq, hit=False)
+                    if len(seq.spec) >= self.depth:
+                        seq.spec = seq.spec[: self.depth]
+                        seq.spec_q = None if seq.spec_q is None else seq.spec_q[: self.depth]
+                        specs[o.rid] = _spec(seq, hit=False)
+                    else:  # drafted at begin before K grew: draft it again at this depth
+                        missed.append((seq, seq.pending))
                     continue
                 self._commit(seq, o)
             except RequestRefused as e:

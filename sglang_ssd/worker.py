@@ -223,7 +223,7 @@ class SSDWorker(BaseSpecWorker):
                 self.synced[req.rid] = (-1, int(t))
             if begins:
                 self.round += 1
-                self._send(wire.Step(round=self.round, begins=begins, reply=False))
+                self._send(wire.Step(round=self.round, begins=begins, reply=False, depth=self.depth.k))
         new_seq_lens = batch.seq_lens.clone()
         accept_tokens = torch.zeros(bs, self.n, dtype=torch.int32, device=self.device)
         if bs:
@@ -348,6 +348,7 @@ class SSDWorker(BaseSpecWorker):
         return t
 
     def _decode(self, batch: ScheduleBatch, on_publish) -> GenerationBatchResult:
+        t_round = time.perf_counter()
         bs = len(batch.reqs)
         k = self.depth.k
         pending = [int(r.output_ids[-1]) if r.output_ids else int(r.origin_input_ids[-1]) for r in batch.reqs]
@@ -404,7 +405,7 @@ class SSDWorker(BaseSpecWorker):
         self.stats.record_round(res.k, hits, wait, [bool(p) for p in plain.tolist()], depth=k)
         if self.tp_rank == 0:
             spec_ks = [kk for kk, p in zip(res.k, plain.tolist()) if not p]
-            nxt = self.depth.observe(k, bs, spec_ks, took, tree[0], tree[1], wait)
+            nxt = self.depth.observe(k, bs, spec_ks, took, time.perf_counter() - t_round, tree[0], tree[1])
             self.stats.live_k = nxt
             if self.depth.auto:
                 self.stats.auto_k = self.depth.table()

@@ -1,8 +1,10 @@
 """Automatic K: the controller on synthetic timings, the draft answering at a changing depth,
 and a server that was not given --speculative-num-steps.
 
-Timings in the controller tests are exact functions of K (no noise), so every expected K is a
-fixed point computed by hand from E(K) = (1 - a^(K+1)) / (1 - a) and R(K) = max(V(K), T(K)).
+Timings in the controller tests are exact functions of K and accepted counts follow the geometric
+law at acceptance a (seeded), so each expected K is computed by hand from E(K) = (1 - a^(K+1)) /
+(1 - a) and R(K) = max(V(K), T(K)); the throughput gaps between neighbouring K (>= 7%) are wider
+than the 3% margin plus the noise of E over a 32-round window.
 """
 
 from __future__ import annotations
@@ -32,9 +34,8 @@ def _run(ctl: DepthController, verify, tree, a: float, rounds: int, bs: int = 1,
     for _ in range(rounds):
         k = ctl.k
         v, t = verify(k, bs), tree(prev, bs)
-        wait = max(0.0, t - v) + overhead
         acc = [_accepted(a, k, rng) for _ in range(bs)]
-        ctl.observe(k, bs, acc, v, t, prev, wait)
+        ctl.observe(k, bs, acc, v, max(v, t) + overhead, t, prev)
         ks.append(k)
         prev = k
     return ks
@@ -52,16 +53,16 @@ def test_expected_tokens():
 
 
 def test_grows_to_the_deepest_tree_that_fits_a_flat_verify():
-    """GPU-like: verify 10 ms whatever K, tree 2 ms per level: trees up to K=5 fit, so K=5."""
-    ctl = DepthController(4, 8, auto=True, every=8)
-    ks = _run(ctl, lambda k, b: 0.010, lambda k, b: 0.002 * k, a=0.8, rounds=400)
+    """GPU-like: verify 10 ms whatever K, tree 1.9 ms per level: trees up to K=5 fit, so K=5."""
+    ctl = DepthController(4, 8, auto=True, every=32)
+    ks = _run(ctl, lambda k, b: 0.010, lambda k, b: 0.0019 * k, a=0.8, rounds=1500)
     assert ks[-1] == 5 and _share(ks[-200:], 5) > 0.85
 
 
 def test_shrinks_until_the_tree_fits():
     """Tree 4.5 ms per level against a 10 ms verify: K=4 overruns; K=2 is the deepest that fits."""
-    ctl = DepthController(4, 8, auto=True, every=8)
-    ks = _run(ctl, lambda k, b: 0.010, lambda k, b: 0.0045 * k, a=0.9, rounds=400)
+    ctl = DepthController(4, 8, auto=True, every=32)
+    ks = _run(ctl, lambda k, b: 0.010, lambda k, b: 0.0045 * k, a=0.9, rounds=1500)
     assert ks[-1] == 2 and _share(ks[-200:], 2) > 0.85 and max(ks[-200:]) == 2
     assert ks[0] == 4 and ctl.moves >= 2
 
@@ -74,27 +75,27 @@ def test_tree_never_fits_goes_to_one():
 
 def test_compute_bound_verify_with_low_acceptance_prefers_short_k():
     """CPU-like: verify 10 + 4K ms, tree 1 ms per level (always fits), a = 0.3:
-    E/R is 1.30/14 at K=1, 1.39/18 at K=2, ... so K=1 is best: after measuring K=3 the fitted
-    slope of the verify walks it down."""
-    ctl = DepthController(4, 8, auto=True, every=8)
-    ks = _run(ctl, lambda k, b: 0.010 + 0.004 * k, lambda k, b: 0.001 * k, a=0.3, rounds=600)
-    assert ks[-1] == 1 and _share(ks[-200:], 1) > 0.85 and max(ks) == 4
+    E/R is 1.30/14 at K=1, 1.39/18 at K=2, ... so K=1 is best: one verify timing says nothing
+    of its slope, so K=5 (predicted as good) is measured first, then the fitted slope walks K down."""
+    ctl = DepthController(4, 8, auto=True, every=32)
+    ks = _run(ctl, lambda k, b: 0.010 + 0.004 * k, lambda k, b: 0.001 * k, a=0.3, rounds=1500)
+    assert ks[-1] == 1 and _share(ks[-500:], 1) > 0.85 and max(ks) == 5
 
 
 def test_high_acceptance_and_cheap_tree_reach_the_maximum():
-    ctl = DepthController(4, 8, auto=True, every=8)
-    ks = _run(ctl, lambda k, b: 0.020, lambda k, b: 0.001 * k, a=0.95, rounds=600)
-    assert ks[-1] == 8 and _share(ks[-200:], 8) > 0.85
+    ctl = DepthController(4, 8, auto=True, every=32)
+    ks = _run(ctl, lambda k, b: 0.020, lambda k, b: 0.001 * k, a=0.95, rounds=1500)
+    assert _share(ks[-500:], 8) > 0.7 and set(ks[-500:]) <= {7, 8}  # 7 is re-measured now and then
 
 
 def test_each_batch_bucket_keeps_its_own_k():
     """The tree grows with the batch (bs branches trees), the verify much less: batch 1 settles
-    at K=5 (2 ms/level vs 10 ms), batch 16 at K=2 (tree 2 ms * K * 16/8 = 4 ms/level vs 10 ms).
+    at K=5 (1.9 ms/level vs 10 ms), batch 16 at K=2 (3.8 ms/level vs 10 ms).
     Back at batch 1, K=5 comes back at once."""
     verify = lambda k, b: 0.010  # noqa: E731
-    tree = lambda k, b: 0.002 * k * max(1, b / 8)  # noqa: E731
-    ctl = DepthController(4, 8, auto=True, every=8)
-    assert _run(ctl, verify, tree, 0.8, 400, bs=1)[-1] == 5
+    tree = lambda k, b: 0.0019 * k * max(1, b / 8)  # noqa: E731
+    ctl = DepthController(4, 8, auto=True, every=32)
+    assert _run(ctl, verify, tree, 0.8, 1500, bs=1)[-1] == 5
     assert _run(ctl, verify, tree, 0.8, 400, bs=16)[-1] == 2
     ks = _run(ctl, verify, tree, 0.8, 3, bs=1)
     assert ks[1:] == [5, 5]
@@ -246,7 +247,8 @@ def test_automatic_k_through_the_server_is_exact(auto_server, models, hf_target)
     assert 1 <= st["live_k"] <= 8
     table = st["auto_k"]
     assert "bs1-1" in table and len(table) >= 2  # alone, and the batch of 8 in its own bucket
-    assert {int(k) for k in table["bs1-1"]["verify_ms"]} >= {4, 3}  # started at 4, measured 3 next
+    measured = {int(k) for k in table["bs1-1"]["verify_ms"]}
+    assert 4 in measured and len(measured) >= 2  # started at 4, then measured a neighbour
     assert all(v > 0 for b in table.values() for v in b["verify_ms"].values())
 
 
