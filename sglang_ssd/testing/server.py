@@ -64,12 +64,13 @@ class CPUServer:
     def ssd_stats(self) -> dict:
         return self.server_info()["internal_states"][0].get("ssd") or {}
 
-    def stop(self) -> None:
-        """SIGTERM to the server (it stops its own children), then SIGKILL to whatever is left."""
+    def stop(self, grace_s: float = 30.0) -> None:
+        """SIGTERM to the server (it stops its own children), then after `grace_s` SIGKILL to
+        whatever is left (SGLang takes 4-10 s to exit cleanly here; benchmarks do not wait)."""
         if self.proc.poll() is None:
             try:
                 self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 pass
         try:
