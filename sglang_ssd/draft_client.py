@@ -197,6 +197,12 @@ class DraftClient:
             except subprocess.TimeoutExpired:
                 pass
         self._ready = False
+        # Close the socket now: left open, a TCP PAIR socket reconnects by itself to a draft server
+        # restarted on the same port and delivers the Steps still queued in it, before any Hello
+        # (the server refuses them, "no session", and its one PAIR peer is then the stale socket).
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
         self._restart_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
 

@@ -164,6 +164,46 @@ def test_draft_server_death_then_return(remote, models, log_dir, hf_target, keys
     assert st["draft_restarts"] > before["draft_restarts"]
 
 
+def test_a_server_restarted_during_the_backoff_gets_no_stale_steps(models, log_dir, monkeypatch):
+    """The draft server dies with a Step unanswered and is back on the same port before the
+    worker's backoff ends: the worker's old socket must not reconnect by itself and hand the new
+    server that stale Step (refused: "no session"); after the backoff the worker says Hello and
+    the rounds run again."""
+    from sglang_ssd import draft_client
+
+    monkeypatch.setattr(draft_client, "BACKOFF_START_S", 15.0)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    first = start_draft_server(models["draft_same"], endpoint, log_dir / "backoff_draft1.log")
+    client = draft_client.DraftClient(
+        model_path=str(models["draft_same"]), k=K, fanout=[1] * (K + 1), backup="fast", backup_batch_threshold=8,
+        device="cpu", dtype="float32", kv_tokens=1024, threads=1, endpoint=endpoint, timeout_s=1.0,
+        start_timeout_s=60)
+    second = None
+    try:
+        begin = wire.Begin(rid="a", prompt=[5, 6, 7, 8], pending=9)
+        step = lambda r: client.step(wire.Step(round=r, begins=[begin],  # noqa: E731
+                                               outcomes=[wire.Outcome(rid="a", k=-1, t_star=9, committed_len=4)]))
+        assert step(1) is not None
+        first.kill()
+        first.wait()
+        assert step(2) is None  # unanswered: the worker backs off for 15 s
+        second = start_draft_server(models["draft_same"], endpoint, log_dir / "backoff_draft2.log")
+        time.sleep(2.0)  # room for a stale socket to reconnect and deliver
+        deadline, reply, r = time.monotonic() + 60, None, 3
+        while reply is None and time.monotonic() < deadline:
+            reply = step(r)
+            r += 1
+            time.sleep(0.2)
+        assert reply is not None and client.generation == 2 and reply.refusals == []
+        assert len(reply.specs[0].tokens) == K
+        assert "step refused" not in (log_dir / "backoff_draft2.log").read_text()
+    finally:
+        client.close()
+        for p in (first, second):
+            if p is not None:
+                stop(p)
+
+
 # ---- live fuzz ------------------------------------------------------------------------------
 class FuzzProxy(threading.Thread):
     """Forwards worker <-> draft and, before every forwarded message, injects a burst of
