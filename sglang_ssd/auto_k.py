@@ -104,6 +104,7 @@ class DepthController:
         self._buckets: dict[int, _Bucket] = {}
         self._acc, self._rej = 0.0, 0.0
         self.moves = 0
+        self.version = 0  # bumped at every decision and new bucket: when table() has news
 
     @property
     def accept(self) -> float:
@@ -162,6 +163,7 @@ class DepthController:
         return g / r, tk <= vk, False
 
     def _decide(self, b: _Bucket) -> None:
+        self.version += 1
         for kk, v in b.visits.items():
             if kk != b.k:
                 v.age += 1
@@ -194,6 +196,7 @@ class DepthController:
         b = self._buckets.get(key)
         if b is None:
             b = self._buckets[key] = _Bucket(k=self.k)
+            self.version += 1
         return b
 
     def table(self) -> dict:

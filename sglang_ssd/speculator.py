@@ -208,8 +208,7 @@ class Speculator:
                         raise RequestRefused(f"committed length {o.committed_len} from the target, "
                                              f"draft has {len(seq.tokens)}")
                     if len(seq.spec) >= self.depth:
-                        seq.spec = seq.spec[: self.depth]
-                        seq.spec_q = None if seq.spec_q is None else seq.spec_q[: self.depth]
+                        seq.spec, seq.spec_q = self._cut(seq.spec, seq.spec_q)
                         specs[o.rid] = _spec(seq, hit=False)
                     else:  # drafted at begin before K grew: draft it again at this depth
                         missed.append((seq, seq.pending))
@@ -226,8 +225,7 @@ class Speculator:
                 hit = None
             self.policy.observe_lookup(hit is not None)
             if hit is not None:
-                toks, q = hit  # pre-drafted before K shrank: its first K tokens are a K-chain
-                seq.spec, seq.spec_q = toks[: self.depth], (None if q is None else q[: self.depth])
+                seq.spec, seq.spec_q = self._cut(*hit)
                 seq.source = "hit"
                 specs[o.rid] = _spec(seq, hit=True)
             else:
@@ -251,6 +249,11 @@ class Speculator:
             self.policy.observe_neural(len(missed), backup_s)
         ordered = [specs.pop(o.rid) for o in outcomes if o.rid in specs]
         return ordered, refusals, backup_s
+
+    def _cut(self, tokens: list[int], q: Optional[torch.Tensor]):
+        """A speculation drafted deeper than this round's K: its first K tokens (and q' rows)
+        are a K-chain."""
+        return tokens[: self.depth], (None if q is None else q[: self.depth])
 
     def _commit(self, seq: DraftSeq, o: Outcome) -> None:
         if not (0 <= o.k <= len(seq.spec)):
@@ -341,9 +344,7 @@ class Speculator:
 
     def _observe(self, seq: DraftSeq, o: Outcome) -> None:
         """Feed the fan-out estimator with this outcome and the rank of t* among the forks."""
-        if self.estimator is None or not seq.ranked:
-            return
-        if o.k >= len(seq.ranked):
+        if self.estimator is None or o.k >= len(seq.ranked):  # no forks ranked at that position
             return
         cands = seq.ranked[o.k]
         rank = cands.index(o.t_star) if o.t_star in cands else self.estimator.depth

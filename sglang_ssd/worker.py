@@ -75,6 +75,7 @@ class SSDWorker(BaseSpecWorker):
         self.round = 0
         self._generation = 0  # draft process generation the synced states belong to
         self._last_reply_at = float("-inf")
+        self._table_version = -1  # auto K's table as last copied into the statistics
         self._verify_s = 0.0  # moving average of the target's verify forward (the backup policy uses it)
         self.client: Optional[DraftClient] = None
         self.metrics = None
@@ -407,7 +408,8 @@ class SSDWorker(BaseSpecWorker):
             spec_ks = [kk for kk, p in zip(res.k, plain.tolist()) if not p]
             nxt = self.depth.observe(k, bs, spec_ks, took, time.perf_counter() - t_round, tree[0], tree[1])
             self.stats.live_k = nxt
-            if self.depth.auto:
+            if self.depth.auto and self.depth.version != self._table_version:  # not every round
+                self._table_version = self.depth.version
                 self.stats.auto_k = self.depth.table()
         if self.metrics is not None:
             self.metrics.publish(self.stats)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from sglang_ssd import wire
+from conftest import hf_greedy
 from sglang_ssd.auto_k import DepthController, expected_tokens
 
 
@@ -122,18 +123,7 @@ def _speculator(models, k=4, fanout=None):
     return Speculator(model, k, fanout or [2, 2, 1, 1, 1][: k + 1], "neural", 8)
 
 
-def _greedy(models, ctx, n):
-    from transformers import AutoModelForCausalLM
-
-    hf = AutoModelForCausalLM.from_pretrained(str(models["target"]), dtype=torch.float32).eval()
-    out = list(ctx)
-    with torch.no_grad():
-        for _ in range(n):
-            out.append(int(hf(torch.tensor([out])).logits[0, -1].argmax()))
-    return out[len(ctx):]
-
-
-def test_depth_changes_truncate_hits_and_miss_when_k_grows(models):
+def test_depth_changes_truncate_hits_and_miss_when_k_grows(models, hf_target):
     """Self-draft, greedy: the draft's continuation is what the target emits, so accepting it
     whole hits. After K shrinks 4 -> 2 the hit is the first 2 tokens of the pre-drafted chain;
     after K grows 2 -> 3 the tree (2 deep) cannot answer: a miss, answered 3 deep by the backup.
@@ -143,7 +133,7 @@ def test_depth_changes_truncate_hits_and_miss_when_k_grows(models):
     sp.begin([wire.Begin(rid="a", prompt=prompt, pending=60)])
     ctx = prompt + [60]
     specs, _, _ = sp.lookup([wire.Outcome(rid="a", k=-1, t_star=0, committed_len=len(prompt))])
-    assert specs[0].tokens == _greedy(models, ctx, 4)
+    assert specs[0].tokens == hf_greedy(hf_target, ctx, 4)
 
     def round_(depth, k, t_star):
         nonlocal ctx
@@ -155,16 +145,16 @@ def test_depth_changes_truncate_hits_and_miss_when_k_grows(models):
         assert refusals == []
         return out[0]
 
-    g = _greedy(models, ctx, 5)  # the target's own continuation: accept all 4, t* = the 5th
+    g = hf_greedy(hf_target, ctx, 5)  # the target's own continuation: accept all 4, t* = the 5th
     s = round_(2, 4, g[4])
-    assert s.hit and s.tokens == _greedy(models, ctx, 2)
+    assert s.hit and s.tokens == hf_greedy(hf_target, ctx, 2)
     assert sp.fanout == [2, 2, 1]  # a fixed schedule is cut to its first K+1 positions
-    g = _greedy(models, ctx, 3)
+    g = hf_greedy(hf_target, ctx, 3)
     s = round_(3, 2, g[2])
-    assert not s.hit and s.tokens == _greedy(models, ctx, 3)
-    g = _greedy(models, ctx, 4)
+    assert not s.hit and s.tokens == hf_greedy(hf_target, ctx, 3)
+    g = hf_greedy(hf_target, ctx, 4)
     s = round_(3, 3, g[3])
-    assert s.hit and s.tokens == _greedy(models, ctx, 3)
+    assert s.hit and s.tokens == hf_greedy(hf_target, ctx, 3)
     with pytest.raises(ValueError, match="depth=5"):
         sp.set_depth(5)
     sp.release(["a"])
@@ -220,7 +210,7 @@ def test_automatic_k_through_the_server_is_exact(auto_server, models, hf_target)
     seeded reference, whatever K each round had."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from conftest import hf_greedy, hf_seeded
+    from conftest import hf_seeded
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(models["target"]))
