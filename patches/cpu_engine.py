@@ -9,6 +9,9 @@ Changed SGLang functions (version 0.5.23):
   (AROUND, sglang_ssd.patches.torch_verify_attention): adds ForwardMode.TARGET_VERIFY (tree or
   chain mask over prefix + verify tokens) so speculative verification runs on CPU with the
   torch_native backend; other modes call the original.
+- ``sglang.srt.speculative.draft_utils.DraftBackendFactory._create_backend`` (AROUND,
+  sglang_ssd.patches.torch_draft_attention): torch_native draft-decode (multi-step) and
+  draft-extend backends, so EAGLE-family workers (STANDALONE) build their draft on CPU.
 
 Not a hook but part of the CPU setup: :func:`standin_dir` is the directory holding the
 pure-torch ``sgl_kernel`` stand-in (patches/cpu_standin/sgl_kernel), which must be first on
@@ -27,6 +30,7 @@ def standin_dir() -> str:
 
 def apply() -> None:
     """Register the CPU hooks with SGLang's HookRegistry (idempotent)."""
-    from sglang_ssd.patches import torch_verify_attention
+    from sglang_ssd.patches import torch_draft_attention, torch_verify_attention
 
     torch_verify_attention.apply()
+    torch_draft_attention.apply()

@@ -61,6 +61,26 @@ def assign_draft_cache_locs_contiguous(req_pool_indices, req_to_token, seq_lens,
         out_cache_loc[i * w : (i + 1) * w] = req_to_token[req, s : s + w].to(out_cache_loc.dtype)
 
 
+def build_draft_decode_metadata(req_to_token, req_pool_indices, seq_lens, topk, num_steps, pool_len):
+    """Per-candidate KV tables for multi-step draft decode: a new [bs*topk, pool_len] table whose
+    row b*topk+j is request b's committed prefix req_to_token[req_b, :s_b] followed by candidate
+    j's draft slots req_to_token[req_b, s_b + j*num_steps : s_b + (j+1)*num_steps]; entries past
+    s_b + num_steps are left undefined (zero here).
+
+    Reference: sgl-kernel's C++ ``build_draft_decode_metadata_cpu`` (used by
+    IntelAMXMultiStepDraftBackend), the read pattern of triton ``generate_draft_decode_kv_indices``.
+    """
+    topk, num_steps = int(topk), int(num_steps)
+    out = req_to_token.new_zeros((req_pool_indices.numel() * topk, int(pool_len)))
+    for b, (req, s) in enumerate(zip(req_pool_indices.tolist(), seq_lens.tolist())):
+        row = req_to_token[req]
+        for j in range(topk):
+            start = s + j * num_steps
+            out[b * topk + j, :s] = row[:s]
+            out[b * topk + j, s : s + num_steps] = row[start : start + num_steps]
+    return out
+
+
 def copy_all_layer_kv_cache(data_ptrs, strides, tgt_loc, src_loc):
     """For every KV buffer b (raw base pointer data_ptrs[b], row size strides[b] bytes), copy
     row src_loc[j] onto row tgt_loc[j]; all sources are read before any write (safe in place).
@@ -116,6 +136,11 @@ define(
     "assign_draft_cache_locs_contiguous_cpu(Tensor req_pool_indices, Tensor req_to_token, Tensor seq_lens,"
     " Tensor(a!) out_cache_loc, int pool_len, int topk, int num_steps) -> ()",
     assign_draft_cache_locs_contiguous,
+)
+define(
+    "build_draft_decode_metadata_cpu(Tensor req_to_token, Tensor req_pool_indices, Tensor seq_lens,"
+    " int topk, int num_steps, int pool_len) -> Tensor",
+    build_draft_decode_metadata,
 )
 define(
     "copy_all_layer_kv_cache_cpu(Tensor data_ptrs, Tensor strides, Tensor tgt_loc, Tensor src_loc) -> ()",

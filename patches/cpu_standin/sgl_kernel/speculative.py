@@ -67,3 +67,9 @@ def fill_accept_out_cache_loc_cpu(accept_index, out_cache_loc, accept_out_cache_
 
 def fill_bonus_tokens_cpu(accept_tokens, accept_lens, bonus_tokens, accept_stride) -> None:
     torch.ops.sgl_kernel.fill_bonus_tokens_cpu(accept_tokens, accept_lens, bonus_tokens, accept_stride)
+
+
+def build_draft_decode_metadata_cpu(req_to_token, req_pool_indices, seq_lens, topk, num_steps, pool_len):
+    return torch.ops.sgl_kernel.build_draft_decode_metadata_cpu(
+        req_to_token, req_pool_indices, seq_lens, topk, num_steps, pool_len
+    )
