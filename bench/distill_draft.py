@@ -394,7 +394,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target_dir = models.ensure_target(root)
+    target_dir = models.ensure_target()
     tok = AutoTokenizer.from_pretrained(str(target_dir))
     target = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32).eval()
     pad = target.config.pad_token_id or 2

@@ -5,7 +5,7 @@ the device and measures, at batch 1 and 16 with a 512-token context: one plain d
 verify of K+1 tokens, the draft's tree for K levels with B branches per request (the glue forward
 plus K batched steps; every branch reads a copy of its request's prefix KV, so this is an upper
 bound on what shared-prefix attention costs), the neural backup (K steps for one request) and the
-hand-off (a StepReply carrying the drafts, and q' [K, V] for sampled requests, over a real ZeroMQ
+hand-off (a StepReply carrying the drafts, and the compact q' for sampled requests, over a real ZeroMQ
 ipc socket, decoded and copied to the device). Then it evaluates the paper's round model with
 those times and with the hit rate and acceptance measured on the CPU pair (bench/compare.py's
 JSON, or the numbers below): tokens/s of AR, synchronous SD and SSD per K, and SSD's best K.
@@ -119,8 +119,12 @@ def handoff_s(bs: int, k: int, vocab: int, sampled: bool, device: str, reps: int
     a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
     a.bind(f"ipc://{d}/s")
     b.connect(f"ipc://{d}/s")
-    q = torch.rand(k, vocab).numpy().astype("float32").tobytes() if sampled else b""
-    specs = [wire.Spec(rid=f"r{i}", hit=True, tokens=list(range(k)), q=q) for i in range(bs)]
+    from sglang_ssd import qlaw
+
+    cq = qlaw.compact(torch.softmax(torch.randn(k, vocab) * 3, -1)) if sampled else None
+    q, q_ids, counts = cq.pack() if sampled else (b"", b"", [])
+    specs = [wire.Spec(rid=f"r{i}", hit=True, tokens=list(range(k)), q=q, q_ids=q_ids, q_counts=counts)
+             for i in range(bs)]
     raw = wire.encode(wire.StepReply(round=1, specs=specs))
 
     def serve():
@@ -136,7 +140,7 @@ def handoff_s(bs: int, k: int, vocab: int, sampled: bool, device: str, reps: int
         rep = wire.decode_from_draft(b.recv())
         toks = torch.tensor([s.tokens for s in rep.specs], device=device)
         if sampled:
-            qs = [torch.frombuffer(bytearray(s.q), dtype=torch.float32).view(k, -1) for s in rep.specs]
+            qs = [qlaw.unpack(s.q, s.q_ids, s.q_counts, k, vocab) for s in rep.specs]
             torch.stack(qs).to(device, non_blocking=False)
         return toks
 

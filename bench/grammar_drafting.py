@@ -9,7 +9,7 @@ For each draft and each setting a fresh SSD server is started (K=4, default fan-
 drafting unmasked (the target still masks every verify position, so outputs are exact either
 way). The workload: `--requests` JSON-schema requests over 6 prompts, half greedy, half at
 temperature 1.0, 8 at a time. Statistics are the server's SSD running totals
-(/get_server_info -> internal_states[0]["ssd"]): acceptance length = tokens emitted per
+(/server_info -> internal_states[0]["ssd"]): acceptance length = tokens emitted per
 speculated round (K+1 = 5 at most), hit rate = rounds whose outcome was pre-drafted.
 """
 

@@ -1,4 +1,4 @@
-"""Patch: SSD's running totals in SGLang's internal state (/get_server_info -> internal_states).
+"""Patch: SSD's running totals in SGLang's internal state (/server_info -> internal_states).
 
 Changes `SchedulerInternalStateController._add_speculative`
 (sglang/srt/managers/scheduler_components/internal_state.py, sglang 0.5.23), an AFTER hook that

@@ -47,7 +47,7 @@ class DraftClient:
                  backup_batch_threshold: int, device: str, dtype: str, kv_tokens: int,
                  threads: Optional[int], endpoint: Optional[str], timeout_s: float,
                  start_timeout_s: float, saguaro_c: float = 1.0,
-                 fanout_budget: Optional[int] = None, engine: str = "hf",
+                 fanout_budget: Optional[int] = None, auto_budget: bool = False, engine: str = "hf",
                  curve_keys: Optional[str] = None, max_reply_bytes: int = -1,
                  check_ready: Optional[Callable[[wire.Ready], Optional[str]]] = None):
         self.timeout_s = timeout_s
@@ -58,7 +58,7 @@ class DraftClient:
         self._conf = dict(model_path=model_path, k=k, fanout=fanout, backup=backup,
                           backup_batch_threshold=backup_batch_threshold, device=device, dtype=dtype,
                           kv_tokens=kv_tokens, threads=threads, saguaro_c=saguaro_c,
-                          fanout_budget=fanout_budget, engine=engine)
+                          fanout_budget=fanout_budget, auto_budget=auto_budget, engine=engine)
         self._check_ready = check_ready
         self._ctx = zmq.Context()
         self._sock = None
@@ -122,7 +122,8 @@ class DraftClient:
         hello = wire.Hello(protocol=wire.PROTOCOL_VERSION, session=self._session, k=c["k"],
                            fanout=list(c["fanout"]), backup=c["backup"],
                            backup_batch_threshold=c["backup_batch_threshold"],
-                           saguaro_c=c["saguaro_c"], fanout_budget=c["fanout_budget"])
+                           saguaro_c=c["saguaro_c"], fanout_budget=c["fanout_budget"],
+                           auto_budget=bool(c["auto_budget"]))
         try:
             self._sock.send(wire.encode(hello), zmq.NOBLOCK)
             self._hello_pending = False

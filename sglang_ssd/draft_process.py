@@ -52,7 +52,7 @@ def hello_of(cfg: dict) -> wire.Hello:
                       fanout=list(cfg["fanout"]), backup=cfg["backup"],
                       backup_batch_threshold=int(cfg["backup_batch_threshold"]),
                       saguaro_c=float(cfg.get("saguaro_c", 1.0)),
-                      fanout_budget=cfg.get("fanout_budget"))
+                      fanout_budget=cfg.get("fanout_budget"), auto_budget=bool(cfg.get("auto_budget")))
 
 
 def run(cfg: dict) -> int:

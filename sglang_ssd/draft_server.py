@@ -25,7 +25,7 @@ import sys
 import zmq
 
 from sglang_ssd import wire
-from sglang_ssd.config import endpoint_arg, endpoint_for_replica, parse_endpoint
+from sglang_ssd.config import choose_draft_dtype, endpoint_arg, endpoint_for_replica, parse_endpoint
 
 logger = logging.getLogger("sglang_ssd.draft")
 
@@ -85,7 +85,7 @@ def _serve_one(args) -> int:
     from sglang_ssd.draft_service import DraftService, serve
 
     device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("float32" if device == "cpu" else "bfloat16")
+    dtype = choose_draft_dtype(args.dtype, device, "bfloat16", args.model_path)
     if args.threads:
         torch.set_num_threads(args.threads)
     elif device == "cpu":

@@ -20,6 +20,7 @@ from sglang_ssd.config import BACKUP_POLICIES, MAX_K
 from sglang_ssd.draft_model import PoolFullError
 from sglang_ssd.fanout import FanoutEstimator
 from sglang_ssd.speculator import Speculator
+from sglang_ssd.tree_budget import BudgetPlanner, ForwardCost, calibration_forward
 from sglang_ssd.vocab import tokenizer_digest
 
 logger = logging.getLogger("sglang_ssd.draft")
@@ -51,6 +52,7 @@ class DraftService:
         self.model = model
         self.digest = tokenizer_digest(model_path)
         self.spec: Optional[Speculator] = None
+        self.cost: Optional[ForwardCost] = None  # calibrated once, for time-sized budgets
         self.session = ""
         self.last_round = -1
         self.rejected = 0
@@ -62,17 +64,28 @@ class DraftService:
         if self.spec is not None:
             self.spec.release(list(self.spec.seqs))
             prefix = self.spec.prefix
-        estimator = None
+        estimator, planner = None, None
         if h.fanout_budget:  # no explicit list: plan the schedule online
             estimator = FanoutEstimator(h.k, int(h.fanout_budget), cap=self.model.vocab_size - 1)
+        if h.fanout_budget and h.auto_budget:  # and size B by time
+            planner = BudgetPlanner(int(h.fanout_budget), self._forward_cost())
         self.spec = Speculator(self.model, h.k, list(h.fanout), h.backup, h.backup_batch_threshold,
-                               h.saguaro_c, estimator, prefix=prefix)
+                               h.saguaro_c, estimator, prefix=prefix, planner=planner)
         self.session = h.session
         self.last_round = -1
         return wire.Ready(protocol=wire.PROTOCOL_VERSION, pid=os.getpid(),
                           vocab_size=self.model.vocab_size, k=self.spec.k, fanout=self.spec.fanout,
                           device=str(self.model.device), tokenizer_digest=self.digest,
                           session=h.session)
+
+    def _forward_cost(self) -> ForwardCost:
+        if self.cost is None:
+            t0 = time.perf_counter()
+            self.cost = ForwardCost.calibrate(calibration_forward(self.model))
+            logger.info("draft forward cost (ms) by new tokens: %s, calibrated in %.1f s",
+                        {n: round(t * 1e3, 1) for n, t in zip(self.cost.ns, self.cost.ts)},
+                        time.perf_counter() - t0)
+        return self.cost
 
     def _reject(self, why: str) -> None:
         self.rejected += 1
@@ -117,6 +130,8 @@ class DraftService:
                 spec.set_depth(msg.depth)
             spec.verify_s = msg.verify_s
             spec.release(msg.releases)
+            if msg.warm:
+                spec.warm([list(p) for p in msg.warm])
             refusals = spec.begin(list(msg.begins))
             specs, more, backup_s = spec.lookup(list(msg.outcomes)) if msg.outcomes else ([], [], 0.0)
         except Exception as e:  # a round it cannot serve: refuse its requests, keep running
@@ -140,9 +155,25 @@ class DraftService:
                                backup_threshold=spec.backup_threshold(), last_round=self.last_round),
         )), True
 
-    def speculate(self) -> None:
+    def answer_mid_tree(self, raw: bytes) -> Optional[bytes]:
+        """The reply to a Step that only asks for first speculations (outcomes with k = -1: the
+        worker's first decode round after a Begin), which the tree in progress does not touch;
+        None for anything else, which waits until the tree is done. Answering it at once lets the
+        target's first verify overlap the first tree instead of waiting for it."""
         try:
-            self.spec.speculate()
+            msg = wire.decode_to_draft(raw)
+        except wire.WireError:
+            return None
+        spec = self.spec
+        if (not isinstance(msg, wire.Step) or spec is None or not msg.reply or msg.begins or msg.releases
+                or msg.warm or not msg.outcomes or msg.round <= self.last_round
+                or msg.depth not in (0, spec.depth) or any(o.k != -1 for o in msg.outcomes)):
+            return None
+        return self.handle(raw)[0]
+
+    def speculate(self, between: Optional[Callable[[], None]] = None) -> None:
+        try:
+            self.spec.speculate(between)
         except PoolFullError as e:
             logger.warning("%s; this round's speculation is skipped", e)
             self.spec.drop_speculation()
@@ -160,12 +191,27 @@ def serve(sock: zmq.Socket, service: DraftService, alive: Callable[[], bool] = l
     """Run until Shutdown (when `exit_on_shutdown`) or until `alive()` turns False."""
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
+    pending: list[bytes] = []  # received mid-tree, handled once the tree is done
+
+    def between() -> None:
+        if pending or not sock.poll(0, zmq.POLLIN):
+            return
+        raw = sock.recv()
+        reply = service.answer_mid_tree(raw)
+        if reply is None:
+            pending.append(raw)
+        else:
+            sock.send(reply)
+
     while True:
-        if not poller.poll(PARENT_POLL_MS):
+        if pending:
+            raw = pending.pop(0)
+        elif not poller.poll(PARENT_POLL_MS):
             if not alive():
                 return 0
             continue
-        raw = sock.recv()
+        else:
+            raw = sock.recv()
         try:
             reply, draft_now = service.handle(raw)
         except _Shutdown:
@@ -178,4 +224,4 @@ def serve(sock: zmq.Socket, service: DraftService, alive: Callable[[], bool] = l
         if reply is not None:
             sock.send(reply)
         if draft_now:
-            service.speculate()
+            service.speculate(between)

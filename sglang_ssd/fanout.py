@@ -96,6 +96,19 @@ class FanoutEstimator:
             self._since = 0
             self.replan()
 
+    def predicted_hit(self, fanout: list[int]) -> float:
+        """P(the outcome is pre-drafted) under schedule F_0..F_K: sum_j P(k=j) P(rank(t*) < F_j),
+        with the truncated geometric law at the measured acceptance and the observed ranks."""
+        k = len(fanout) - 1
+        a = min(max(self.acc / max(self.acc + self.rej, 1e-9), 1e-3), 1 - 1e-3)
+        total = sum(self.rank_hist)
+        cdf, c = [0.0], 0.0
+        for h in self.rank_hist[: self.depth]:
+            c += h
+            cdf.append(c / total)
+        law = [a ** j * (1 - a) for j in range(k)] + [a ** k]
+        return sum(p * cdf[min(f, self.depth)] for p, f in zip(law, fanout))
+
     def replan(self) -> list[int]:
         import math
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -20,9 +20,10 @@ from sglang_ssd.draft_model import DraftModel
 from sglang_ssd.fanout import FanoutEstimator
 from sglang_ssd.forking import ranked_candidates
 from sglang_ssd.prefix_cache import PrefixCache
+from sglang_ssd import qlaw
+from sglang_ssd.tree_budget import BudgetPlanner, plan_budget
 from sglang_ssd.grammar import DraftGrammars, accept_all, fill_masks, mask_logits, model_path_of
 from sglang_ssd.kernels.dispatch import saguaro_rescale
-from sglang_ssd.kernels.rejection import inverse_cdf
 from sglang_ssd.sampling import gumbel_choice, gumbel_scores, param_tensors, processed_probs
 from sglang_ssd.wire import Begin, Outcome, Plan, Refusal, Sampling, Spec
 
@@ -41,7 +42,7 @@ class DraftSeq:
     glue_slots: list[int] = field(default_factory=list)  # KV of [pending] + spec, once glued
     cache: dict = field(default_factory=dict)  # (k, t*) -> (tokens, q')
     sampling: Optional[Sampling] = None  # None: greedy
-    spec_q: Optional[torch.Tensor] = None  # q' [K, V] the spec was drawn from (sampled only)
+    spec_q: Optional[qlaw.CompactQ] = None  # the law q' the spec was drawn from (sampled only)
     ranked: list = field(default_factory=list)  # per glue position: the draft's ranked candidates
     matcher: Any = None  # grammar state after tokens[grammar_start:] + [pending]; None: unmasked
     source: str = "neural"  # where `spec` came from: hit / neural / fast (the backup policy learns)
@@ -59,19 +60,22 @@ class _Chain:
     sampling: Optional[Sampling] = None
     slots: list[int] = field(default_factory=list)
     out: list[int] = field(default_factory=list)
-    qs: list = field(default_factory=list)  # q' rows, sampled chains only
+    qs: list = field(default_factory=list)  # compact q' rows (ids, probs), sampled chains only
     matcher: Any = None  # grammar state after `first` and out; None: unmasked
 
-    def q(self) -> Optional[torch.Tensor]:
-        return torch.stack(self.qs) if self.qs else None
+    def q(self) -> Optional[qlaw.CompactQ]:
+        return qlaw.CompactQ(self.qs) if self.qs else None
 
 
 class Speculator:
     def __init__(self, model: DraftModel, k: int, fanout: list[int], backup: str,
                  backup_batch_threshold: int, saguaro_c: float = 1.0,
                  estimator: Optional[FanoutEstimator] = None, prefix_cache_tokens: Optional[int] = None,
-                 prefix: Optional[PrefixCache] = None):
+                 prefix: Optional[PrefixCache] = None, planner: Optional[BudgetPlanner] = None,
+                 q_mass: float = qlaw.MASS):
         self.model = model
+        self.planner = planner  # None: B is fixed (by the user, or by a schedule given as a list)
+        self.q_mass = q_mass  # the share of q each compact q' row keeps (qlaw.py)
         # The draft's radix cache (a previous session's, if given: the KV is the same model's);
         # by default it may hold a quarter of the pool.
         cap = model.pool.size // 4 if prefix_cache_tokens is None else prefix_cache_tokens
@@ -153,6 +157,40 @@ class Speculator:
         """(slots in use by live requests and speculation, slots only the prefix cache holds)."""
         cached = self.prefix.evictable
         return self.model.pool.num_used - cached, cached
+
+    def warm(self, prompts: list[list[int]]) -> None:
+        """Compute prompts' KV into the prefix cache while the target prefills them, so the Begin
+        that follows finds it there instead of computing it on the first round's critical path.
+        Best effort: a prompt with bad ids or beyond the draft's context is skipped (its Begin
+        refuses it with the reason)."""
+        if self.prefix.max_tokens == 0:
+            return
+        for prompt in prompts:
+            if not prompt or len(prompt) + 2 * self.k + 2 > self.model.max_positions:
+                continue
+            try:
+                self._check_ids(prompt, "a warmed prompt")
+            except RequestRefused:
+                continue
+            node, cached = self.prefix.match(prompt)
+            n0 = len(cached)
+            if n0 >= len(prompt):
+                continue
+            self.prefix.lock(node)
+            try:
+                new = self.prefix.alloc(len(prompt) - n0)
+                slots = list(cached) + new
+                try:
+                    self.model.forward(prompt[n0:], list(range(n0, len(prompt))), new,
+                                       [slots[: i + 1] for i in range(n0, len(prompt))])
+                except BaseException:  # no slot without its KV ever joins the cache
+                    self.model.pool.free(new)
+                    raise
+                self.prefill_computed += len(new)
+                self.model.pool.free(self.prefix.insert(prompt, slots, n0))
+            finally:
+                self.prefix.unlock(node)
+        self.prefix.trim()
 
     def begin(self, begins: list[Begin]) -> list[Refusal]:
         refusals, fresh, seen = [], [], set()
@@ -280,8 +318,9 @@ class Speculator:
         if seq.matcher is not None and not accept_all(seq.matcher, emitted):
             seq.matcher = None  # out of step with the target's grammar: draft unmasked from now
 
-    def speculate(self) -> None:
-        """Glue every live speculation, fork its likely outcomes and pre-draft them."""
+    def speculate(self, between: Optional[Callable[[], None]] = None) -> None:
+        """Glue every live speculation, fork its likely outcomes and pre-draft them. `between` runs
+        after each forward (the draft service answers first speculations there, mid-tree)."""
         t0 = time.perf_counter()
         self.last_tree_s, self.last_tree_depth = 0.0, 0
         k = self.depth  # a speculation of another length (K changed) misses and gets a backup
@@ -289,6 +328,10 @@ class Speculator:
         if not seqs:
             return
         self._ensure_kv(seqs)
+        fan = plan_budget(self.planner, self.policy, self.estimator, k, len(seqs), self.verify_s,
+                          self.model.vocab_size - 1)
+        if fan is not None:
+            self.fanout = fan
         toks, pos, write, vis = [], [], [], []
         for s in seqs:
             s.glue_slots = self.prefix.alloc(k + 1)
@@ -298,7 +341,9 @@ class Speculator:
                 pos.append(base + i)
                 write.append(s.glue_slots[i])
                 vis.append(s.slots + s.glue_slots[: i + 1])
-        logits = self.model.forward(toks, pos, write, vis).view(len(seqs), k + 1, -1)
+        logits = self._timed_forward(toks, pos, write, vis).view(len(seqs), k + 1, -1)
+        if between is not None:
+            between()
         chains, owners = [], []
         depth = self.estimator.depth if self.estimator is not None else 0
         for s, g in zip(seqs, logits):
@@ -326,7 +371,7 @@ class Speculator:
                                          first_pos=len(s.tokens) + j + 1, sampling=s.sampling,
                                          matcher=m))
                     owners.append((s, j, c))
-        self._run_chains(chains)
+        self._run_chains(chains, between)
         for (s, j, c), ch in zip(owners, chains):
             s.cache[(j, c)] = (ch.out, ch.q())
         self.last_tree_s, self.last_tree_depth = time.perf_counter() - t0, k
@@ -340,7 +385,18 @@ class Speculator:
 
     def plan(self) -> Plan:
         e = self.estimator
-        return Plan(fanout=list(self.fanout), accept_rate=e.accept if e else 0.0, power=e.power if e else 0.0)
+        last = self.planner.last if self.planner is not None else {}
+        return Plan(fanout=list(self.fanout), accept_rate=e.accept if e else 0.0, power=e.power if e else 0.0,
+                    predicted_hit=float(last.get("predicted_hit", 0.0)),
+                    tree_pred_s=float(last.get("tree_ms", 0.0)) / 1e3)
+
+    def _timed_forward(self, tokens, positions, write, visible):
+        """A glue or tree forward, its time fed to the planner's cost curve."""
+        t0 = time.perf_counter()
+        out = self.model.forward(tokens, positions, write, visible)
+        if self.planner is not None:
+            self.planner.cost.observe(len(tokens), time.perf_counter() - t0)
+        return out
 
     def _observe(self, seq: DraftSeq, o: Outcome) -> None:
         """Feed the fan-out estimator with this outcome and the rank of t* among the forks."""
@@ -400,8 +456,8 @@ class Speculator:
             return nxt
         fan = self.fanout[min(step, len(self.fanout) - 1)]
         qf = saguaro_rescale(q[free], torch.full((len(free),), fan + 1, device=q.device), self.saguaro_c)
-        drawn = inverse_cdf(qf, torch.rand(len(free))).tolist()
-        for j, t, row in zip(free, drawn, qf):
+        cq = qlaw.compact(qf, self.q_mass)  # the law each token is drawn from, exactly as shipped
+        for j, t, row in zip(free, qlaw.sample(cq, torch.rand(len(free))), cq.rows):
             sub[j].qs.append(row)
             nxt[rows[j]] = t
         return nxt
@@ -453,8 +509,8 @@ class Speculator:
         self._run_chains(chains)
         return [(c.out, c.q()) for c in chains]
 
-    def _run_chains(self, chains: list[_Chain]) -> None:
-        """K batched forwards; every chain's scratch KV is freed afterwards."""
+    def _run_chains(self, chains: list[_Chain], between: Optional[Callable[[], None]] = None) -> None:
+        """K batched forwards (`between` runs after each); every chain's scratch KV is freed afterwards."""
         if not chains:
             return
         try:
@@ -463,7 +519,7 @@ class Speculator:
                 new = self.prefix.alloc(len(chains))
                 for c, s in zip(chains, new):
                     c.slots.append(s)
-                logits = self.model.forward(
+                logits = self._timed_forward(
                     cur,
                     [c.first_pos + step for c in chains],
                     new,
@@ -478,11 +534,15 @@ class Speculator:
                     if c.matcher is not None and not accept_all(c.matcher, [t]):
                         c.matcher = None
                 cur = nxt
+                if between is not None:
+                    between()
         finally:
             for c in chains:
                 self.model.pool.free(c.slots)
 
 
 def _spec(seq: DraftSeq, hit: bool) -> Spec:
-    q = b"" if seq.spec_q is None else seq.spec_q.to(torch.float32).contiguous().numpy().tobytes()
-    return Spec(rid=seq.rid, hit=hit, tokens=list(seq.spec), q=q)
+    if seq.spec_q is None:
+        return Spec(rid=seq.rid, hit=hit, tokens=list(seq.spec))
+    probs, ids, counts = seq.spec_q.pack()
+    return Spec(rid=seq.rid, hit=hit, tokens=list(seq.spec), q=probs, q_ids=ids, q_counts=counts)

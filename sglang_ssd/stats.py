@@ -17,6 +17,9 @@ class SSDStats:
     plain_rounds: int = 0
     steps: int = 0  # decode steps (batched rounds)
     draft_wait_s: float = 0.0  # worker time blocked on the draft's answer
+    verify_s: float = 0.0  # the target's verify forwards
+    round_s: float = 0.0  # whole decode rounds in the worker (wait + verify + acceptance + bookkeeping)
+    first_wait_s: float = 0.0  # of draft_wait_s: rounds right after requests began (the draft's prefill)
     draft_tree_s: float = 0.0  # draft time spent pre-drafting (glue + tree)
     draft_lookup_s: float = 0.0
     draft_failures: int = 0  # decode steps served without the draft (dead, late, restarting)
@@ -29,6 +32,8 @@ class SSDStats:
     fanout: list = field(default_factory=list)  # the live schedule F_0..F_K
     accept_rate_est: Optional[float] = None  # the draft's online estimates behind it
     power_est: Optional[float] = None
+    predicted_hit: Optional[float] = None  # the time-sized budget's predicted hit rate and tree time
+    tree_pred_ms: Optional[float] = None
     draft_overrun_s: float = 0.0  # wait for a draft tree that outlasted the verify
     handoff_s: float = 0.0  # the rest of the wait beyond the draft's lookup: transport, decoding
     backup_neural: int = 0  # rounds whose misses the neural backup answered
@@ -71,13 +76,17 @@ class SSDStats:
         self.refusal_reasons[key] = self.refusal_reasons.get(key, 0) + 1
 
     def record_draft_times(self, tree_s: float, lookup_s: float, wait_s: float = 0.0,
-                           gap_s: float = float("inf")) -> None:
+                           gap_s: float = float("inf"), first: bool = False) -> None:
         """Split the wait: the draft's tree still running when the Step arrived (its tree took
         longer than the `gap_s` between the previous reply and this Step), its lookup, and the
-        rest, the hand-off (transport, encoding, decoding)."""
-        overrun = max(0.0, tree_s - gap_s)
+        rest, the hand-off (transport, encoding, decoding). A round that brings requests their
+        first speculation waits for the draft's prefill and first drafts instead: `first`."""
         self.draft_tree_s += tree_s
         self.draft_lookup_s += lookup_s
+        if first:
+            self.first_wait_s += wait_s
+            return
+        overrun = max(0.0, tree_s - gap_s)
         self.draft_overrun_s += min(overrun, wait_s)
         self.handoff_s += max(0.0, wait_s - lookup_s - overrun)
 
@@ -93,11 +102,14 @@ class SSDStats:
         if h.backup_threshold:
             self.backup_threshold = h.backup_threshold
 
-    def record_plan(self, fanout, accept_rate: float, power: float) -> None:
-        if fanout:
-            self.fanout = list(fanout)
-        if power > 0:
-            self.accept_rate_est, self.power_est = accept_rate, power
+    def record_plan(self, plan) -> None:
+        """The draft's live schedule, its estimates, and what the time-sized budget predicted."""
+        if plan.fanout:
+            self.fanout = list(plan.fanout)
+        if plan.power > 0:
+            self.accept_rate_est, self.power_est = plan.accept_rate, plan.power
+        if plan.predicted_hit > 0:
+            self.predicted_hit, self.tree_pred_ms = plan.predicted_hit, plan.tree_pred_s * 1e3
 
     def snapshot(self) -> dict:
         d = dict(self.__dict__)
@@ -112,6 +124,8 @@ class SSDStats:
         d["handoff_ms_per_step"] = 1e3 * self.handoff_s / self.steps if self.steps else None
         d["draft_tree_ms_per_step"] = 1e3 * self.draft_tree_s / self.steps if self.steps else None
         d["draft_overrun_ms_per_step"] = 1e3 * self.draft_overrun_s / self.steps if self.steps else None
+        d["verify_ms_per_step"] = 1e3 * self.verify_s / self.steps if self.steps else None
+        d["round_ms_per_step"] = 1e3 * self.round_s / self.steps if self.steps else None
         return d
 
 

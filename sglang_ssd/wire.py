@@ -13,15 +13,19 @@ from typing import Optional, Union
 import msgspec
 
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: compact q' (Spec.q_ids, q_counts)
 # Larger messages are dropped by ZeroMQ before they are read (ZMQ_MAXMSGSIZE): a Step carries
 # prompts and outcomes, so 256 MiB is far beyond any real one.
 MAX_TO_DRAFT_BYTES = 256 << 20
 
 
+MAX_Q_TOKENS = 512  # entries per row of a compact q' (qlaw.py)
+
+
 def max_reply_bytes(k: int, vocab_size: int, max_requests: int) -> int:
-    """Room for a StepReply carrying q' [K, V] float32 for every request, twice over."""
-    return 2 * k * vocab_size * 4 * max(1, max_requests) + (16 << 20)
+    """Room for a StepReply carrying a compact q' (id + probability per entry) for every request,
+    twice over."""
+    return 2 * k * min(vocab_size, MAX_Q_TOKENS) * 8 * max(1, max_requests) + (16 << 20)
 
 
 class WireError(ValueError):
@@ -70,7 +74,7 @@ class Outcome(msgspec.Struct, frozen=True):
 
 
 class Step(msgspec.Struct, tag="step", frozen=True):
-    """verify_s: the target's measured verify time per round (seconds, 0 = not known yet), which
+    """One round (or, with reply False, news the draft acts on without answering). verify_s: the target's measured verify time per round (seconds, 0 = not known yet), which
     the adaptive backup weighs against the neural backup's own latency. depth: K for this round's
     answers and the tree pre-drafted after it, at most the session's K (0 = unchanged; a session
     starts at its K); the worker's automatic K (auto_k.py) changes it."""
@@ -82,16 +86,22 @@ class Step(msgspec.Struct, tag="step", frozen=True):
     reply: bool = True
     verify_s: float = 0.0
     depth: int = 0
+    # Prompts the target is about to prefill: the draft computes their KV into its prefix cache
+    # meanwhile, so the Begin that follows finds it there (best effort; bad ones are skipped).
+    warm: list[list[int]] = []
 
 
 class Spec(msgspec.Struct, frozen=True):
-    """The next speculation. q: for sampled requests the proposal q' the K tokens were drawn from,
-    raw little-endian float32 bytes of shape [K, V]; empty for greedy requests."""
+    """The next speculation. For sampled requests the compact law q' the K tokens were drawn from
+    (qlaw.py): row i holds q_counts[i] entries, token ids in q_ids (little-endian int32) and their
+    probabilities in q (float32), rows one after another; all empty for greedy requests."""
 
     rid: str
     hit: bool
     tokens: list[int]
     q: bytes = b""
+    q_ids: bytes = b""
+    q_counts: list[int] = []
 
 
 class Refusal(msgspec.Struct, frozen=True):
@@ -115,6 +125,8 @@ class Plan(msgspec.Struct, frozen=True):
     fanout: list[int] = []
     accept_rate: float = 0.0
     power: float = 0.0
+    predicted_hit: float = 0.0  # the time-sized budget's prediction for this schedule (0: fixed B)
+    tree_pred_s: float = 0.0  # and the tree time it predicted
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -157,6 +169,9 @@ class Hello(msgspec.Struct, tag="hello", frozen=True):
     backup_batch_threshold: int = 8
     saguaro_c: float = 1.0
     fanout_budget: Optional[int] = None
+    # True: fanout_budget is the most branches per request; the draft sizes B each round by time
+    # (tree_budget.py). False: fanout_budget is B itself (the user fixed it).
+    auto_budget: bool = False
 
 
 class Ready(msgspec.Struct, tag="ready", frozen=True):

@@ -31,10 +31,12 @@ from sglang_ssd import stats as ssd_stats
 from sglang_ssd import wire
 from sglang_ssd.backup import ngram_propose
 from sglang_ssd.auto_k import DepthController
-from sglang_ssd.config import choose_depth, choose_draft_device, endpoint_for_replica, get_config
+from sglang_ssd.config import (choose_depth, choose_draft_device, choose_draft_dtype, endpoint_for_replica,
+                               get_config)
 from sglang_ssd.draft_client import DraftClient, DraftStartError
 from sglang_ssd.vocab import tokenizer_digest
 from sglang_ssd.fanout import resolve_fanout
+from sglang_ssd.qlaw import unpack as unpack_q
 from sglang_ssd.sampling import gumbel_choice, is_greedy, param_tensors, processed_probs
 from sglang_ssd.grammar import apply_chain_mask, chain_grammar_mask, grammar_spec_of
 from sglang_ssd.verify import (accept_chain, accept_sampled, accept_seeded, emitted_tokens, needs_plain_path,
@@ -99,15 +101,10 @@ class SSDWorker(BaseSpecWorker):
             dp_size=int(getattr(server_args, "dp_size", 1) or 1), dp_rank=dp_rank,
             gpu_id_step=int(getattr(server_args, "gpu_id_step", 1) or 1))
         endpoint = cfg.draft_endpoint and endpoint_for_replica(cfg.draft_endpoint, dp_rank)
-        if cfg.draft_dtype:
-            dtype = cfg.draft_dtype
-        elif device == "cpu":
-            dtype = "float32"
-        else:
-            dtype = server_args.dtype if server_args.dtype in ("float16", "bfloat16", "float32") else "bfloat16"
+        draft_path = server_args.speculative_draft_model_path
+        dtype = choose_draft_dtype(cfg.draft_dtype, device, server_args.dtype, draft_path)
         target_tok = server_args.tokenizer_path or server_args.model_path
         mine = tokenizer_digest(target_tok)
-        draft_path = server_args.speculative_draft_model_path
 
         def check_ready(ready: wire.Ready) -> Optional[str]:
             """A draft whose vocabulary means something else is refused, naming both sides."""
@@ -134,6 +131,7 @@ class SSDWorker(BaseSpecWorker):
                                                      int(server_args.max_running_requests or 1024)),
                 start_timeout_s=cfg.draft_start_timeout, saguaro_c=cfg.saguaro_c,
                 fanout_budget=None if cfg.fanout is not None else sum(self.fanout),
+                auto_budget=cfg.fanout is None and cfg.fanout_budget is None,
                 check_ready=check_ready, engine=cfg.draft_engine,
             )
         except DraftStartError as e:
@@ -143,7 +141,7 @@ class SSDWorker(BaseSpecWorker):
         self.stats.config = dict(
             k=self.depth.k, k_max=self.k, auto_k=self.depth.auto, saguaro_c=cfg.saguaro_c, backup=cfg.backup,
             fanout_budget=None if cfg.fanout is not None else sum(self.fanout),
-            explicit_fanout=cfg.fanout, draft_model=draft_path, draft_device=ready.device,
+            auto_budget=cfg.fanout is None and cfg.fanout_budget is None, explicit_fanout=cfg.fanout, draft_model=draft_path, draft_device=ready.device,
             draft_endpoint=endpoint or "spawned (private ipc)", draft_engine=cfg.draft_engine,
             draft_timeout_ms=cfg.draft_timeout * 1e3, curve=bool(cfg.curve_keys))
         self.stats.fanout = list(ready.fanout)
@@ -202,6 +200,12 @@ class SSDWorker(BaseSpecWorker):
         return self._prefill(batch, on_publish, pp_proxy_tensors)
 
     def _prefill(self, batch, on_publish, pp_proxy_tensors) -> GenerationBatchResult:
+        if self.client is not None and batch.forward_mode.is_extend():
+            # The draft prefills these prompts while the target does (wire.Step.warm).
+            warm = [list(r.origin_input_ids) + list(r.output_ids) for r in batch.reqs if r.rid not in self.synced]
+            if warm:
+                self.round += 1
+                self._send(wire.Step(round=self.round, warm=warm, reply=False, depth=self.depth.k))
         seeded = [i for i, r in enumerate(batch.reqs) if _seeded_first_token(r)]
         batch._ssd_seeded_rows = seeded  # patches/seeded_first_token.py keeps their logits
         result = self.target_worker.forward_batch_generation(batch, pp_proxy_tensors=pp_proxy_tensors)
@@ -301,9 +305,10 @@ class SSDWorker(BaseSpecWorker):
                                r.rid, r.reason)
                 self.stats.record_refusal(r.reason)
                 self.refused.add(r.rid)
-            self.stats.record_draft_times(reply.times.tree_s, reply.times.lookup_s, wait, t0 - self._last_reply_at)
+            self.stats.record_draft_times(reply.times.tree_s, reply.times.lookup_s, wait, t0 - self._last_reply_at,
+                                          first=any(o.k < 0 for o in outcomes))
             self._last_reply_at = time.perf_counter()
-            self.stats.record_plan(reply.plan.fanout, reply.plan.accept_rate, reply.plan.power)
+            self.stats.record_plan(reply.plan)
         else:
             self.stats.draft_failures += 1
         drafts, qs, hits = [], [], []
@@ -313,8 +318,8 @@ class SSDWorker(BaseSpecWorker):
             s = specs.get(req.rid)
             ok = s is not None and all(0 <= t < self.vocab_size for t in s.tokens)
             q = None
-            if ok and s.q:
-                q = self._decode_q(s.q, s.tokens, k)
+            if ok and s.q_counts:
+                q = self._decode_q(s, k)
                 ok = q is not None
             if ok:
                 drafts.append(list(s.tokens))
@@ -328,18 +333,10 @@ class SSDWorker(BaseSpecWorker):
                 hits.append(None)
         return drafts, qs, hits, wait, tree
 
-    def _decode_q(self, raw: bytes, tokens: list[int], k: int) -> Optional[torch.Tensor]:
-        """q' [K, V] from the wire, or None if it is not a distribution the tokens came from."""
-        v = self.vocab_size
-        if len(raw) != k * v * 4 and len(raw) % (k * 4) != 0:
-            return None
-        q = torch.frombuffer(bytearray(raw), dtype=torch.float32).view(k, -1)
-        if q.shape[1] < v:  # a draft with a smaller (unpadded) vocabulary
-            q = torch.cat([q, q.new_zeros(k, v - q.shape[1])], dim=1)
-        q = q[:, :v]
-        if not bool(torch.isfinite(q).all()) or bool((q < 0).any()):
-            return None
-        if not bool((q.gather(1, torch.tensor(tokens).view(-1, 1)) > 0).all()):
+    def _decode_q(self, spec: wire.Spec, k: int) -> Optional[torch.Tensor]:
+        """q' [K, V] from the wire, or None if it is not a law the drafted tokens came from."""
+        q = unpack_q(spec.q, spec.q_ids, spec.q_counts, k, self.vocab_size)
+        if q is None or not bool((q.gather(1, torch.tensor(spec.tokens).view(-1, 1)) > 0).all()):
             return None
         return q
 
@@ -377,6 +374,7 @@ class SSDWorker(BaseSpecWorker):
             torch.cuda.synchronize()  # the verify time is the kernels', not their launch
         took = time.perf_counter() - t0
         self._verify_s = 0.9 * self._verify_s + 0.1 * took if self._verify_s else took
+        self.stats.verify_s += took
         logits_output = result.logits_output
         logits = logits_output.next_token_logits
 
@@ -413,6 +411,7 @@ class SSDWorker(BaseSpecWorker):
                 self.stats.auto_k = self.depth.table()
         if self.metrics is not None:
             self.metrics.publish(self.stats)
+        self.stats.round_s += time.perf_counter() - t_round
         self._record_reasons(reasons, grammar_rows, res.k)
         logits_output.customized_info = {
             "ssd_accepted": list(res.k),

@@ -49,11 +49,13 @@ def hf(small):
     return AutoModelForCausalLM.from_pretrained(str(small["target"]), dtype=torch.float32).eval()
 
 
-def _speculator(path, c, backup, fanout=(2, 2, 2)):
+def _speculator(path, c, backup, fanout=(2, 2, 2), q_mass=None):
+    from sglang_ssd import qlaw
     from sglang_ssd.draft_model import DraftModel
     from sglang_ssd.speculator import Speculator
 
-    return Speculator(DraftModel(str(path), "cpu", "float32", 1 << 16), K, list(fanout), backup, 8, c)
+    return Speculator(DraftModel(str(path), "cpu", "float32", 1 << 16), K, list(fanout), backup, 8, c,
+                      q_mass=qlaw.MASS if q_mass is None else q_mass)
 
 
 def _project(exact, sl):
@@ -90,6 +92,29 @@ def test_ssd_sampling_matches_target_law(small, hf, draft, c, temp, top_k, top_p
     assert spec.pool_usage()[0] == 0  # every finished request released its KV (to the prefix cache)
     spec.prefix.clear()
     assert spec.pool_usage()[0] == 0
+    spec.prefix.clear()
+    assert spec.model.pool.num_used == 0
+
+
+COMPACT_CASES = [
+    # draft, C, temperature, top_k, top_p, backup, q_mass
+    ("target", 1.0, 1.0, 6, 1.0, "neural", 0.6),
+    ("other", 0.3, 1.5, 6, 1.0, "adaptive", 0.75),
+]
+
+
+@pytest.mark.parametrize("draft,c,temp,top_k,top_p,backup,q_mass", COMPACT_CASES)
+def test_compact_q_law_is_exact(small, hf, draft, c, temp, top_k, top_p, backup, q_mass):
+    """The draft ships a compact q' (its top tokens holding q_mass of q, renormalised; qlaw.py):
+    cut hard here so the law it samples from and ships really differs from q. Same N, tests and
+    false-failure bound as above."""
+    target = TargetProbs(hf, temp, top_k, top_p)
+    exact = target.exact(PROMPT, LENGTH)
+    spec = _speculator(small[draft], c, backup, q_mass=q_mass)
+    samples, hits, lookups = sample_ssd(spec, target, PROMPT, N, LENGTH)
+    for sl in (slice(0, 3), slice(3, 5)):
+        stat, crit = chi_square([x[sl] for x in samples], _project(exact, sl), alpha=5e-5)
+        assert stat < crit, f"tokens {sl}: chi2={stat:.1f} >= {crit:.1f}"
     spec.prefix.clear()
     assert spec.model.pool.num_used == 0
 

@@ -13,6 +13,31 @@ from typing import Optional
 import requests
 
 
+def pin_threads(pid: int, cpus: set[int]) -> str:
+    """sched_setaffinity on every thread of `pid` (a process already running, e.g. the SSD draft
+    process a server spawned); returns its Cpus_allowed_list afterwards."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for line in open(f"/proc/{pid}/status").read().splitlines():
+        if line.startswith("Cpus_allowed_list"):
+            return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def mem_available_gb() -> float:
+    """MemAvailable from /proc/meminfo, in GiB (inf where there is no /proc)."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / (1 << 20)
+    except OSError:
+        pass
+    return float("inf")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,7 +84,7 @@ class CPUServer:
         return r.json()
 
     def server_info(self) -> dict:
-        return requests.get(self.url + "/get_server_info", timeout=30).json()
+        return requests.get(self.url + "/server_info", timeout=30).json()
 
     def ssd_stats(self) -> dict:
         return self.server_info()["internal_states"][0].get("ssd") or {}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from sglang_ssd.qlaw import unpack as unpack_q
+
 from sglang_ssd import wire
 from sglang_ssd.sampling import gumbel_choice, processed_probs
 from sglang_ssd.verify import accept_sampled, accept_seeded
@@ -90,8 +92,8 @@ def sample_ssd(spec, target: TargetProbs, prompt, n, length, *, seeds=None, wron
             base = list(prompt) + out[r]
             ctxs.append([base + s.tokens[:i] for i in range(k + 1)])
             drafts.append(s.tokens)
-            if s.q:
-                qs.append(torch.frombuffer(bytearray(s.q), dtype=torch.float32).view(k, -1))
+            if s.q_counts:
+                qs.append(unpack_q(s.q, s.q_ids, s.q_counts, k, p0.shape[0]))
             else:
                 qs.append(torch.zeros(k, p0.shape[0]).scatter_(1, torch.tensor(s.tokens).view(-1, 1), 1.0))
         p_rows = torch.stack([torch.stack([target(c) for c in cs]) for cs in ctxs])  # [b, K+1, V]
