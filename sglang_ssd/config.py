@@ -180,7 +180,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("SSD (speculative speculative decoding, sglang-ssd)")
     g.add_argument("--ssd-fanout-budget", type=_int_in("--ssd-fanout-budget", 1, 4096), default=None,
                    help="Branches pre-drafted per request per round (B); split over positions by "
-                   "the geometric schedule. Default: 3*(K+1); 15 with automatic K.")
+                   "the geometric schedule. Default: sized by time each round, at most 3*(K+1) "
+                   "(the tree that serves most tokens per second against the measured verify).")
     g.add_argument("--ssd-fanout", type=_fanout_list, default=None,
                    help="Explicit fan-out list F_0,...,F_K (K+1 non-negative integers); overrides "
                    "--ssd-fanout-budget.")

@@ -96,11 +96,16 @@ class FanoutEstimator:
             self._since = 0
             self.replan()
 
+    @property
+    def live_accept(self) -> float:
+        """The acceptance measured so far (`accept` is refreshed only at each re-plan)."""
+        return self.acc / max(self.acc + self.rej, 1e-9)
+
     def predicted_hit(self, fanout: list[int]) -> float:
         """P(the outcome is pre-drafted) under schedule F_0..F_K: sum_j P(k=j) P(rank(t*) < F_j),
         with the truncated geometric law at the measured acceptance and the observed ranks."""
         k = len(fanout) - 1
-        a = min(max(self.acc / max(self.acc + self.rej, 1e-9), 1e-3), 1 - 1e-3)
+        a = min(max(self.live_accept, 1e-3), 1 - 1e-3)
         total = sum(self.rank_hist)
         cdf, c = [0.0], 0.0
         for h in self.rank_hist[: self.depth]:

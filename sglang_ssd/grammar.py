@@ -209,3 +209,63 @@ def mask_logits(logits: torch.Tensor, allowed: Optional[torch.Tensor]) -> torch.
     out = logits.clone()
     out[:, :v] = out[:, :v].masked_fill(~allowed, float("-inf"))
     return out
+
+
+def begin_matcher(grammars: "DraftGrammars", b) -> Optional[object]:
+    """A Begin's grammar state after its generated tokens and `pending`, or None (drafting
+    unmasked is always exact, so any failure here only turns the masking off)."""
+    if not b.grammar_kind:
+        return None
+    try:
+        m = grammars.matcher(b.grammar_kind, b.grammar)
+        start = max(0, min(int(b.grammar_start), len(b.prompt)))
+        if m is not None and accept_all(m, b.prompt[start:] + [b.pending]):
+            return m
+    except Exception:
+        pass
+    return None
+
+
+def glue_states(matcher, spec: list[int]) -> list:
+    """Grammar state at each glue position j (after pending, x_1..x_j); None past a draft token
+    the grammar forbids (the target can never accept it, so nothing there to fork)."""
+    states = [matcher.fork()]
+    for t in spec:
+        prev = states[-1]
+        nxt = None
+        if prev is not None and not prev.is_terminated():
+            nxt = prev.fork()
+            if not nxt.accept_token(int(t)):
+                nxt = None
+        states.append(nxt)
+    return states
+
+
+def grammar_live(req) -> bool:
+    g = getattr(req, "grammar", None)
+    return g is not None and not getattr(g, "finished", False) and not g.is_terminated()
+
+
+def speculated_grammar_mask(reqs, drafts: torch.Tensor, reasons: list, vocab: int):
+    """The chain grammar mask of the speculated grammar requests: ((handle, mask) or None,
+    their rows). A request whose grammar fails here is served by the plain path instead."""
+    rows = [i for i, r in enumerate(reqs) if reasons[i] is None and grammar_live(r)]
+    if not rows:
+        return None, []
+    d = drafts.cpu()
+    n = d.shape[1]
+    ok, gm = [], None
+    for i in rows:  # one row at a time: a broken grammar only sends its own request plain
+        try:
+            one = chain_grammar_mask(reqs, d, [i], vocab)
+        except Exception as e:
+            logger.warning("SSD grammar mask failed for %s, serving it by the plain path: %s",
+                           reqs[i].rid, e)
+            reasons[i] = "grammar_error"
+            continue
+        if gm is None:
+            gm = one
+        else:
+            gm[1][i * n:(i + 1) * n] = one[1][i * n:(i + 1) * n]
+        ok.append(i)
+    return gm, ok

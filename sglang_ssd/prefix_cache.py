@@ -154,3 +154,26 @@ def _common(key: list[int], tokens: Sequence[int], start: int) -> int:
     while n < len(key) and start + n < len(tokens) and key[n] == tokens[start + n]:
         n += 1
     return n
+
+
+def prefill_into_cache(model, cache: PrefixCache, prompt: Sequence[int]) -> int:
+    """Compute the KV of a prompt's tokens the cache lacks and insert the whole prompt; returns
+    how many tokens were computed. No slot without its KV ever joins the cache."""
+    node, cached = cache.match(prompt)
+    n0 = len(cached)
+    if n0 >= len(prompt):
+        return 0
+    cache.lock(node)
+    try:
+        new = cache.alloc(len(prompt) - n0)
+        slots = list(cached) + new
+        try:
+            model.forward(list(prompt[n0:]), list(range(n0, len(prompt))), new,
+                          [slots[: i + 1] for i in range(n0, len(prompt))])
+        except BaseException:
+            model.pool.free(new)
+            raise
+        model.pool.free(cache.insert(prompt, slots, n0))
+    finally:
+        cache.unlock(node)
+    return len(new)

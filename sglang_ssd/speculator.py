@@ -14,17 +14,17 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from sglang_ssd import qlaw
 from sglang_ssd.backup import ngram_propose
 from sglang_ssd.backup_policy import BackupPolicy
 from sglang_ssd.draft_model import DraftModel
 from sglang_ssd.fanout import FanoutEstimator
 from sglang_ssd.forking import ranked_candidates
-from sglang_ssd.prefix_cache import PrefixCache
-from sglang_ssd import qlaw
+from sglang_ssd.grammar import (DraftGrammars, accept_all, begin_matcher, fill_masks, glue_states, mask_logits,
+                                model_path_of)
+from sglang_ssd.prefix_cache import PrefixCache, prefill_into_cache
+from sglang_ssd.proposals import propose, seeded_scores
 from sglang_ssd.tree_budget import BudgetPlanner, plan_budget
-from sglang_ssd.grammar import DraftGrammars, accept_all, fill_masks, mask_logits, model_path_of
-from sglang_ssd.kernels.dispatch import saguaro_rescale
-from sglang_ssd.sampling import gumbel_choice, gumbel_scores, param_tensors, processed_probs
 from sglang_ssd.wire import Begin, Outcome, Plan, Refusal, Sampling, Spec
 
 
@@ -172,24 +172,7 @@ class Speculator:
                 self._check_ids(prompt, "a warmed prompt")
             except RequestRefused:
                 continue
-            node, cached = self.prefix.match(prompt)
-            n0 = len(cached)
-            if n0 >= len(prompt):
-                continue
-            self.prefix.lock(node)
-            try:
-                new = self.prefix.alloc(len(prompt) - n0)
-                slots = list(cached) + new
-                try:
-                    self.model.forward(prompt[n0:], list(range(n0, len(prompt))), new,
-                                       [slots[: i + 1] for i in range(n0, len(prompt))])
-                except BaseException:  # no slot without its KV ever joins the cache
-                    self.model.pool.free(new)
-                    raise
-                self.prefill_computed += len(new)
-                self.model.pool.free(self.prefix.insert(prompt, slots, n0))
-            finally:
-                self.prefix.unlock(node)
+            self.prefill_computed += prefill_into_cache(self.model, self.prefix, prompt)
         self.prefix.trim()
 
     def begin(self, begins: list[Begin]) -> list[Refusal]:
@@ -213,7 +196,7 @@ class Speculator:
             seq.slots, seq.shared = list(cached), len(cached)
             self.prefill_reused += len(cached)
             self.prefill_computed += len(b.prompt) - len(cached)
-            seq.matcher = self._begin_matcher(b)
+            seq.matcher = begin_matcher(self.grammars, b)
             self.seqs[b.rid] = seq
             fresh.append(seq)
         if fresh:
@@ -347,12 +330,12 @@ class Speculator:
         chains, owners = [], []
         depth = self.estimator.depth if self.estimator is not None else 0
         for s, g in zip(seqs, logits):
-            states = self._glue_states(s) if s.matcher is not None else None
+            states = glue_states(s.matcher, s.spec) if s.matcher is not None else None
             if states is not None:  # rank only grammar-legal t* at reachable positions
                 g = mask_logits(g, fill_masks(states, self.grammars.vocab_size, g.device))
             seeded = s.sampling is not None and s.sampling.seed is not None
             if seeded:
-                g = self._seeded_scores(s, g)
+                g = seeded_scores(s.sampling, g, len(s.tokens) + 1)  # row j: the token after pending, x_1..x_j
             ranked = ranked_candidates(g, s.spec, [max(f, depth) for f in self.fanout])
             if states is not None:
                 ranked = [[] if st is None or st.is_terminated() else cands for st, cands in zip(states, ranked)]
@@ -408,68 +391,7 @@ class Speculator:
         self.fanout = self.estimator.schedule
         seq.ranked = []
 
-    # ---- grammar-aware drafting -------------------------------------------------------------
-    def _begin_matcher(self, b: Begin):
-        """The request's grammar state after its generated tokens and `pending`, or None."""
-        if not b.grammar_kind:
-            return None
-        try:
-            m = self.grammars.matcher(b.grammar_kind, b.grammar)
-            start = max(0, min(int(b.grammar_start), len(b.prompt)))
-            if m is not None and accept_all(m, b.prompt[start:] + [b.pending]):
-                return m
-        except Exception:  # drafting unmasked is always exact
-            pass
-        return None
-
-    def _glue_states(self, s: DraftSeq) -> list:
-        """Grammar state at each glue position j (after pending, x_1..x_j); None past a draft
-        token the grammar forbids (the target can never accept it, so nothing there to fork)."""
-        states = [s.matcher.fork()]
-        for t in s.spec:
-            prev = states[-1]
-            nxt = None
-            if prev is not None and not prev.is_terminated():
-                nxt = prev.fork()
-                if not nxt.accept_token(int(t)):
-                    nxt = None
-            states.append(nxt)
-        return states
-
     # ---- helpers -----------------------------------------------------------------------
-    def _propose(self, chains: list[_Chain], logits: torch.Tensor, step: int, fed: list[int]) -> list[int]:
-        """Greedy chains take the argmax; sampled ones draw from q' (Saguaro-rescaled q); seeded
-        ones take the Gumbel-max choice of q with the noise the target will use (sampling.py),
-        which is deterministic, so they ship no q' and Saguaro does not apply to them."""
-        nxt = torch.argmax(logits, dim=-1).tolist()
-        rows = [i for i, c in enumerate(chains) if c.sampling is not None]
-        if not rows:
-            return nxt
-        sub = [chains[i] for i in rows]
-        q = processed_probs(logits[rows], **param_tensors([c.sampling for c in sub]))
-        seeded = [j for j, c in enumerate(sub) if c.sampling.seed is not None]
-        for j in seeded:
-            c = sub[j]
-            nxt[rows[j]] = int(gumbel_choice(q[j:j + 1], c.sampling.seed, [c.first_pos + step + 1])[0])
-        free = [j for j, c in enumerate(sub) if c.sampling.seed is None]
-        if not free:
-            return nxt
-        fan = self.fanout[min(step, len(self.fanout) - 1)]
-        qf = saguaro_rescale(q[free], torch.full((len(free),), fan + 1, device=q.device), self.saguaro_c)
-        cq = qlaw.compact(qf, self.q_mass)  # the law each token is drawn from, exactly as shipped
-        for j, t, row in zip(free, qlaw.sample(cq, torch.rand(len(free))), cq.rows):
-            sub[j].qs.append(row)
-            nxt[rows[j]] = t
-        return nxt
-
-    def _seeded_scores(self, s: DraftSeq, glue_logits: torch.Tensor) -> torch.Tensor:
-        """A seeded request's glue rows as Gumbel scores: forks rank the likely target choices."""
-        sp = s.sampling
-        n = glue_logits.shape[0]
-        q = processed_probs(glue_logits, **param_tensors([sp] * n))
-        base = len(s.tokens) + 1  # row j samples the token after pending, x_1..x_j
-        return gumbel_scores(q, sp.seed, range(base, base + n)).float()
-
     def _check_ids(self, ids, rid) -> None:
         v = self.model.vocab_size
         for t in ids:
@@ -528,7 +450,8 @@ class Speculator:
                 grammar = [c.matcher for c in chains]
                 if any(m is not None for m in grammar):  # never propose what the grammar forbids
                     logits = mask_logits(logits, fill_masks(grammar, self.grammars.vocab_size, logits.device))
-                nxt = self._propose(chains, logits, step, cur)
+                nxt = propose(chains, logits, step, self.fanout[min(step, len(self.fanout) - 1)],
+                              self.saguaro_c, self.q_mass)
                 for c, t in zip(chains, nxt):
                     c.out.append(t)
                     if c.matcher is not None and not accept_all(c.matcher, [t]):

@@ -103,10 +103,11 @@ class BudgetPlanner:
     def choose(self, k: int, n_seqs: int, verify_s: float, est: FanoutEstimator,
                miss_tokens: float, miss_seconds: Callable[[float], float], cap: int) -> tuple[int, list[int]]:
         """(B, its schedule F_0..F_K) for a round of n_seqs requests at depth k."""
-        g = expected_tokens(est.accept, k)
+        a = est.live_accept
+        g = expected_tokens(a, k)
         best = None
         for b in range(1, max(self.b_max, 3 * (k + 1)) + 1):
-            fan = geometric_fanout(k, b, est.accept, est.power, cap)
+            fan = geometric_fanout(k, b, a, est.power, cap)
             h = est.predicted_hit(fan)
             tree = self.tree_seconds(k, n_seqs, b)
             misses = n_seqs * (1.0 - h)
@@ -137,7 +138,7 @@ def plan_budget(planner: Optional[BudgetPlanner], policy, est: Optional[FanoutEs
     """The time-sized schedule for this round, or None when B is fixed or nothing is measured yet."""
     if planner is None or est is None or verify_s <= 0 or n_seqs < 1:
         return None
-    g = expected_tokens(est.accept, k)
+    g = expected_tokens(est.live_accept, k)
     miss_tokens, miss_seconds = miss_model(policy, k, n_seqs, planner.cost, g)
     _, fan = planner.choose(k, n_seqs, verify_s, est, miss_tokens, miss_seconds, cap)
     return fan

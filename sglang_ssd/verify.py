@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sglang_ssd.sampling import param_tensors
+
 
 @dataclass
 class ChainResult:
@@ -114,3 +116,41 @@ def emitted_tokens(drafts: torch.Tensor, k: torch.Tensor, t_star: torch.Tensor) 
     tokens = tokens.scatter(1, k.view(-1, 1).long(), t_star.view(-1, 1).to(tokens.dtype))
     return ChainResult(accept_len=(k + 1).to(torch.int32), tokens=tokens.to(torch.int32),
                        k=k.tolist(), t_star=t_star.tolist())
+
+
+def accept_sampled_rows(reqs, seq_lens: list[int], drafts: torch.Tensor, logits: torch.Tensor, qs: list,
+                        rows: list[int], res: ChainResult) -> ChainResult:
+    """Lossless rejection sampling for the sampled rows (seeded ones: the Gumbel-max rule of
+    verify.accept_seeded); the other rows keep `res`."""
+    n = drafts.shape[1]
+    k = n - 1
+    v = logits.shape[-1]
+    lg_all = logits.view(len(reqs), n, v)
+    d_all = drafts[:, 1:].cpu()
+    pos = seq_lens
+    k_all = torch.tensor(res.k)
+    t_all = torch.tensor(res.t_star)
+
+    def params(idx):
+        return param_tensors([reqs[i].sampling_params for i in idx], lg_all.device)
+
+    seeded = [i for i in rows if reqs[i].sampling_params.sampling_seed is not None]
+    unseeded = [i for i in rows if reqs[i].sampling_params.sampling_seed is None]
+    if seeded:
+        kk, ts = accept_seeded(lg_all[seeded].float(), d_all[seeded], params(seeded),
+                               [reqs[i].sampling_params.sampling_seed for i in seeded],
+                               [pos[i] + 1 for i in seeded])  # t sits at seq_len
+        k_all[seeded], t_all[seeded] = kk.cpu().to(k_all.dtype), ts.cpu().to(t_all.dtype)
+    if unseeded:
+        d = d_all[unseeded]
+        q = torch.stack([
+            qs[i][:, :v] if qs[i] is not None else
+            torch.zeros(k, v).scatter_(1, d[j].view(-1, 1), 1.0)  # deterministic proposal: one-hot
+            for j, i in enumerate(unseeded)
+        ])
+        u = torch.rand(len(unseeded), k + 1)
+        dev = lg_all.device  # on a GPU the acceptance runs there (Triton kernel, kernels/dispatch.py)
+        kk, ts = accept_sampled(lg_all[unseeded].float(), d.to(dev), q.to(dev), params(unseeded),
+                                u[:, :k].to(dev), u[:, k].to(dev))
+        k_all[unseeded], t_all[unseeded] = kk.cpu().to(k_all.dtype), ts.cpu().to(t_all.dtype)
+    return emitted_tokens(drafts.cpu(), k_all, t_all)

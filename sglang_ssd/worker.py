@@ -38,9 +38,8 @@ from sglang_ssd.vocab import tokenizer_digest
 from sglang_ssd.fanout import resolve_fanout
 from sglang_ssd.qlaw import unpack as unpack_q
 from sglang_ssd.sampling import gumbel_choice, is_greedy, param_tensors, processed_probs
-from sglang_ssd.grammar import apply_chain_mask, chain_grammar_mask, grammar_spec_of
-from sglang_ssd.verify import (accept_chain, accept_sampled, accept_seeded, emitted_tokens, needs_plain_path,
-                               plain_path_reason)
+from sglang_ssd.grammar import apply_chain_mask, grammar_spec_of, speculated_grammar_mask
+from sglang_ssd.verify import accept_chain, accept_sampled_rows, needs_plain_path, plain_path_reason
 
 logger = logging.getLogger(__name__)
 
@@ -379,7 +378,8 @@ class SSDWorker(BaseSpecWorker):
         logits = logits_output.next_token_logits
 
         reasons = [plain_path_reason(r) for r in batch.reqs]
-        gmask, grammar_rows = self._grammar_mask(batch, drafts, reasons)
+        gmask, grammar_rows = speculated_grammar_mask(batch.reqs, drafts, reasons,
+                                                      int(batch.sampling_info.vocab_size))
         plain = torch.tensor([r is not None for r in reasons], dtype=torch.bool, device=self.device)
         plain_tokens = torch.zeros(bs, dtype=torch.int64, device=self.device)
         if bool(plain.any()):
@@ -389,7 +389,7 @@ class SSDWorker(BaseSpecWorker):
         res = accept_chain(drafts, logits, plain, plain_tokens)
         sampled = [i for i, r in enumerate(batch.reqs) if not plain[i] and _sampling_of(r) is not None]
         if sampled:
-            res = self._accept_sampled(batch, drafts, logits, qs, sampled, res)
+            res = accept_sampled_rows(batch.reqs, batch.seq_lens.tolist(), drafts, logits, qs, sampled, res)
         if self.tp_group is not None and self.tp_group.world_size > 1:
             packed = self._broadcast(torch.cat([res.tokens, res.accept_len.view(-1, 1)], dim=1).to(self.device))
             res.tokens, res.accept_len = packed[:, :n].contiguous(), packed[:, n].contiguous()
@@ -432,32 +432,6 @@ class SSDWorker(BaseSpecWorker):
             speculative_num_draft_tokens=n,
         )
 
-    def _grammar_mask(self, batch, drafts, reasons):
-        """The chain grammar mask of the speculated grammar requests: ((handle, mask) or None,
-        their rows). A request whose grammar fails here is served by the plain path instead."""
-        reqs = batch.reqs
-        rows = [i for i, r in enumerate(reqs) if reasons[i] is None and _grammar_live(r)]
-        if not rows:
-            return None, []
-        d = drafts.cpu()
-        n = d.shape[1]
-        vocab = int(batch.sampling_info.vocab_size)
-        ok, gm = [], None
-        for i in rows:  # one row at a time: a broken grammar only sends its own request plain
-            try:
-                one = chain_grammar_mask(reqs, d, [i], vocab)
-            except Exception as e:
-                logger.warning("SSD grammar mask failed for %s, serving it by the plain path: %s",
-                               reqs[i].rid, e)
-                reasons[i] = "grammar_error"
-                continue
-            if gm is None:
-                gm = one
-            else:
-                gm[1][i * n:(i + 1) * n] = one[1][i * n:(i + 1) * n]
-            ok.append(i)
-        return gm, ok
-
     def _record_reasons(self, reasons, grammar_rows, ks) -> None:
         """Plain-path rounds by reason, and speculated grammar rounds, in the SSD statistics."""
         st = self.stats
@@ -466,42 +440,6 @@ class SSDWorker(BaseSpecWorker):
                 st.plain_reasons[r] = st.plain_reasons.get(r, 0) + 1
         st.grammar_spec_rounds += len(grammar_rows)
         st.grammar_accepted += sum(ks[i] for i in grammar_rows)
-
-    def _accept_sampled(self, batch, drafts, logits, qs, rows, res):
-        """Lossless rejection sampling for the sampled rows (seeded ones: the Gumbel-max rule of
-        verify.accept_seeded); the other rows keep `res`."""
-        n = drafts.shape[1]
-        k = n - 1
-        v = logits.shape[-1]
-        lg_all = logits.view(len(batch.reqs), n, v)
-        d_all = drafts[:, 1:].cpu()
-        pos = batch.seq_lens.tolist()
-        k_all = torch.tensor(res.k)
-        t_all = torch.tensor(res.t_star)
-
-        def params(idx):
-            return param_tensors([batch.reqs[i].sampling_params for i in idx], lg_all.device)
-
-        seeded = [i for i in rows if batch.reqs[i].sampling_params.sampling_seed is not None]
-        unseeded = [i for i in rows if batch.reqs[i].sampling_params.sampling_seed is None]
-        if seeded:
-            kk, ts = accept_seeded(lg_all[seeded].float(), d_all[seeded], params(seeded),
-                                   [batch.reqs[i].sampling_params.sampling_seed for i in seeded],
-                                   [pos[i] + 1 for i in seeded])  # t sits at seq_len
-            k_all[seeded], t_all[seeded] = kk.cpu().to(k_all.dtype), ts.cpu().to(t_all.dtype)
-        if unseeded:
-            d = d_all[unseeded]
-            q = torch.stack([
-                qs[i][:, :v] if qs[i] is not None else
-                torch.zeros(k, v).scatter_(1, d[j].view(-1, 1), 1.0)  # deterministic proposal: one-hot
-                for j, i in enumerate(unseeded)
-            ])
-            u = torch.rand(len(unseeded), k + 1)
-            dev = lg_all.device  # on a GPU the acceptance runs there (Triton kernel, kernels/dispatch.py)
-            kk, ts = accept_sampled(lg_all[unseeded].float(), d.to(dev), q.to(dev), params(unseeded),
-                                    u[:, :k].to(dev), u[:, k].to(dev))
-            k_all[unseeded], t_all[unseeded] = kk.cpu().to(k_all.dtype), ts.cpu().to(t_all.dtype)
-        return emitted_tokens(drafts.cpu(), k_all, t_all)
 
     def _prepare_verify(self, batch: ScheduleBatch, drafts: torch.Tensor) -> None:
         """Turn the decode batch into a TARGET_VERIFY forward over [t, x_1..x_K] per request."""
@@ -556,11 +494,6 @@ class SSDWorker(BaseSpecWorker):
         accept_len = res.accept_len.to(self.device).view(-1, 1)
         accept_index = torch.where(ar < accept_len, base + ar, torch.full_like(ar + base, -1)).to(torch.int32)
         compute_spec_logprobs(batch, logits_output, res.tokens.to(self.device).flatten(), accept_index=accept_index)
-
-
-def _grammar_live(req) -> bool:
-    g = getattr(req, "grammar", None)
-    return g is not None and not getattr(g, "finished", False) and not g.is_terminated()
 
 
 def _grammar_of(req) -> dict:

@@ -304,5 +304,7 @@ def test_draft_prefix_cache_through_the_server(servers, prompts, hf_target):
     out = srv.generate(base + extra, {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True})
     after = srv.ssd_stats()
     assert after["draft_prefill_tokens"] - before["draft_prefill_tokens"] == len(extra)
-    assert after["draft_prefill_reused"] - before["draft_prefill_reused"] == len(base)
+    # the warm message computed the new tokens into the cache while the target prefilled, so the
+    # Begin that followed took the whole prompt from it
+    assert after["draft_prefill_reused"] - before["draft_prefill_reused"] == len(base) + len(extra)
     assert out["output_ids"] == hf_greedy(hf_target, base + extra, 12)

@@ -53,7 +53,7 @@ def test_predicted_hit_is_the_geometric_law_times_the_rank_cdf():
 def _choose(cost, verify_s, est, k=4, n_seqs=1, b_max=15, miss_s_per=0.0, miss_tokens=1.0):
     p = BudgetPlanner(b_max, cost)
     b, fan = p.choose(k, n_seqs, verify_s, est, miss_tokens, lambda m: miss_s_per * m, cap=1000)
-    assert sum(fan) == b and fan == geometric_fanout(k, b, est.accept, est.power, 1000)
+    assert sum(fan) == b and fan == geometric_fanout(k, b, est.live_accept, est.power, 1000)
     return p, b
 
 
@@ -66,7 +66,7 @@ def test_saturated_ranks_cut_the_tree_to_what_fits_the_verify():
     p, b = _choose(cost, 1.5, est, miss_s_per=0.4, miss_tokens=4.0)
     fits = [bb for bb in range(1, 16) if p.tree_seconds(4, 1, bb) <= 1.5]
     assert p.tree_seconds(4, 1, 15) > 1.5 and b in fits
-    most = est.predicted_hit(geometric_fanout(4, max(fits), est.accept, est.power, 1000))
+    most = est.predicted_hit(geometric_fanout(4, max(fits), est.live_accept, est.power, 1000))
     assert most - 0.005 <= p.last["predicted_hit"] <= most  # saturated: the rest buys < 0.5% hits
     assert p.last["predicted_hit"] > 0.9
 
@@ -84,7 +84,7 @@ def test_a_budget_that_buys_no_hits_is_not_taken():
     est = _estimator(4, 0.8, [1.0])
     p, b = _choose(cost, 1.0, est, miss_s_per=0.2)
     full = [bb for bb in range(1, 16)
-            if est.predicted_hit(geometric_fanout(4, bb, est.accept, est.power, 1000)) > 1 - 1e-9]
+            if est.predicted_hit(geometric_fanout(4, bb, est.live_accept, est.power, 1000)) > 1 - 1e-9]
     assert b == min(full) <= 6 and p.last["predicted_hit"] == pytest.approx(1.0)  # >= 1 branch per position
 
 
