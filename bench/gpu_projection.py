@@ -48,9 +48,13 @@ def cpu_pair_numbers(path: Path) -> dict:
         r = json.loads(path.read_text())
         pres = r["protocols"]["pinned"]
         sd = "sd" if "sd" in pres else "sync-sd"
-        ssd = pres["ssd"]["temps"]["0.0"]["humaneval"]
+
+        def humaneval_t0(mode: dict) -> dict:  # one request at a time; "temps" in runs before 30 Nov 2026
+            return mode["cells"]["1"]["0.0"]["humaneval"] if "cells" in mode else mode["temps"]["0.0"]["humaneval"]
+
+        ssd = humaneval_t0(pres["ssd"])
         return {"hit_rate": float(ssd["hit_rate"]), "ssd_accept_len": float(ssd["accept_len"]),
-                "sd_accept_len": float(pres[sd]["temps"]["0.0"]["humaneval"]["accept_len"]), "source": str(path)}
+                "sd_accept_len": float(humaneval_t0(pres[sd])["accept_len"]), "source": str(path)}
     except Exception:
         return dict(CPU_PAIR)
 

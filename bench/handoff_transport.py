@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import compare  # noqa: E402
 import models  # noqa: E402
 import prompt_sets  # noqa: E402
+import servers  # noqa: E402
 
 from sglang_ssd.testing.server import CPUServer, free_port  # noqa: E402
 
@@ -66,7 +66,7 @@ def main() -> None:
     keys = work / "keys"
     subprocess.run([sys.executable, "-m", "sglang_ssd.draft_server", "--make-curve-keys", str(keys)], check=True)
     os.sched_setaffinity(0, {1})
-    base = compare.BASE_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path", str(draft),
+    base = servers.BASE_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path", str(draft),
                                 "--speculative-num-steps", "4", "--ssd-draft-threads", "1"]
     results = {}
     for name in ("ipc (spawned)", "tcp loopback", "tcp loopback + curve"):
@@ -80,7 +80,7 @@ def main() -> None:
                         startup_timeout=600)
         try:
             if ds is None:
-                compare.pin_threads(srv.ssd_stats()["draft_pid"], {1})
+                servers.pin_threads(srv.ssd_stats()["draft_pid"], {1})
             srv.generate(ids, {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True})  # warm-up
             results[name] = {str(t): measure(srv, ids, t, args.tokens) for t in (0.0, 0.7)}
         finally:

