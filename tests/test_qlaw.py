@@ -3,7 +3,6 @@ that the worker accepts only well-formed laws from the wire."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from scipy.stats import chi2
 
