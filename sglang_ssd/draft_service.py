@@ -20,7 +20,7 @@ from sglang_ssd.config import BACKUP_POLICIES, MAX_K
 from sglang_ssd.draft_model import PoolFullError
 from sglang_ssd.fanout import FanoutEstimator
 from sglang_ssd.speculator import Speculator
-from sglang_ssd.tree_budget import BudgetPlanner, ForwardCost, calibration_forward
+from sglang_ssd.tree_budget import CALIBRATION_TOKENS, BudgetPlanner, ForwardCost, calibration_forward
 from sglang_ssd.vocab import tokenizer_digest
 
 logger = logging.getLogger("sglang_ssd.draft")
@@ -67,8 +67,9 @@ class DraftService:
         estimator, planner = None, None
         if h.fanout_budget:  # no explicit list: plan the schedule online
             estimator = FanoutEstimator(h.k, int(h.fanout_budget), cap=self.model.vocab_size - 1)
-        if h.fanout_budget and h.auto_budget:  # and size B by time
-            planner = BudgetPlanner(int(h.fanout_budget), self._forward_cost())
+        cost = self._forward_cost() if h.fanout_budget and h.auto_budget else None
+        if cost is not None:  # and size B by time
+            planner = BudgetPlanner(int(h.fanout_budget), cost)
         self.spec = Speculator(self.model, h.k, list(h.fanout), h.backup, h.backup_batch_threshold,
                                h.saguaro_c, estimator, prefix=prefix, planner=planner)
         self.session = h.session
@@ -78,10 +79,17 @@ class DraftService:
                           device=str(self.model.device), tokenizer_digest=self.digest,
                           session=h.session)
 
-    def _forward_cost(self) -> ForwardCost:
+    def _forward_cost(self) -> Optional[ForwardCost]:
+        """The draft's forward-cost curve, measured once; None (B stays fixed) if it cannot be."""
         if self.cost is None:
             t0 = time.perf_counter()
-            self.cost = ForwardCost.calibrate(calibration_forward(self.model))
+            room = self.model.pool.size - min(256, self.model.pool.size // 4)
+            try:
+                self.cost = ForwardCost.calibrate(calibration_forward(self.model),
+                                                  [n for n in CALIBRATION_TOKENS if n <= room])
+            except Exception:  # a pool too full or small to measure in: keep B fixed
+                logger.exception("draft forward cost could not be measured; the fan-out budget stays fixed")
+                return None
             logger.info("draft forward cost (ms) by new tokens: %s, calibrated in %.1f s",
                         {n: round(t * 1e3, 1) for n, t in zip(self.cost.ns, self.cost.ts)},
                         time.perf_counter() - t0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
+from sglang_ssd.auto_k import expected_tokens
 from sglang_ssd.fanout import FanoutEstimator, geometric_fanout
 
 CALIBRATION_TOKENS = (1, 2, 4, 8, 16, 32, 64)
@@ -72,7 +73,10 @@ class ForwardCost:
 
 def calibration_forward(model, context: int = 256) -> Callable[[int], None]:
     """A forward of n new tokens over `context` scratch slots of the draft's pool (what a tree
-    step over a prompt of that length costs); the slots are freed afterwards."""
+    step over a prompt of that length costs; at most a quarter of the pool); the slots are freed
+    afterwards."""
+    context = min(context, model.pool.size // 4)
+
     def forward(n: int) -> None:
         slots = model.pool.alloc(context + n)
         try:
@@ -82,11 +86,6 @@ def calibration_forward(model, context: int = 256) -> Callable[[int], None]:
         finally:
             model.pool.free(slots)
     return forward
-
-
-def expected_tokens(a: float, k: int) -> float:
-    a = min(max(a, 0.0), 1.0 - 1e-9)
-    return (1.0 - a ** (k + 1)) / (1.0 - a)
 
 
 class BudgetPlanner:

@@ -215,3 +215,16 @@ def test_first_speculation_is_answered_mid_tree(models):
     assert len(seq.cache) == 5 and all(len(v[0]) == k for v in seq.cache.values())  # the whole tree
     again = wire.decode_from_draft(svc.handle(later)[0])
     assert again.round == 3 and not again.refusals and len(again.specs[0].tokens) == k
+
+
+def test_a_small_draft_pool_still_opens_a_time_sized_session(models):
+    """The calibration fits in the smallest pool the flags allow (256 slots) and frees it all."""
+    from sglang_ssd.draft_model import DraftModel
+    from sglang_ssd.draft_service import DraftService
+
+    model = DraftModel(str(models["target"]), "cpu", "float32", 256)
+    svc = DraftService(model, str(models["target"]))
+    ready = svc.open(wire.Hello(protocol=wire.PROTOCOL_VERSION, session="s", k=3, fanout=[2, 2, 1, 1],
+                                fanout_budget=6, auto_budget=True))
+    assert ready.k == 3 and svc.spec.planner is not None
+    assert max(svc.cost.ns) <= 256 - 64 and model.pool.num_used == 0
