@@ -10,8 +10,8 @@ fetched and dequantized on first use) and smollm2 (SmolLM2-135M-Instruct + a dra
   ngram    SGLang's NGRAM (--speculative-num-draft-tokens from --ngram-tokens; no draft model);
   sd       SGLang's STANDALONE with the pair's draft (topk 1, N steps, N+1 draft tokens; N tuned over
            --sd-steps on a few HumanEval prompts): the SD baseline;
-  sync-sd  ours, an extra row: the SSD server with the speculation cache off
-           (bench/nocache/sitecustomize.py) and the neural backup every round, at STANDALONE's N;
+  sync-sd  ours, an extra row: the SSD server pinned to sync rounds (--ssd-mode sync: the neural
+           draft drafts every round just in time, no tree), at STANDALONE's N;
   ssd      --speculative-algorithm SSD (--ssd-steps auto: no --speculative-num-steps, automatic K).
 Workload (bench/modes.py): HumanEval and bench/prompts/{instructions,math,chat}.txt through the chat
 template, --max-new-tokens per request with EOS ignored, at each of --temperatures: --prompts per

@@ -46,11 +46,17 @@ def label(res: dict, mode: str) -> str:
 
 
 def k_label(steps, c: dict) -> str:
-    """The K SSD ran at: fixed, or automatic K's mean over the cell's rounds."""
-    ks = c.get("k_steps") or {}
+    """The K SSD ran at: fixed, or automatic K's mean over the cell's speculated rounds."""
+    ks = {k: n for k, n in (c.get("k_steps") or {}).items() if int(k) > 0}  # K 0: plain rounds
     if not steps and ks:
         return f"auto {sum(int(k) * n for k, n in ks.items()) / sum(ks.values()):.1f}"
     return str(steps) if steps else "-"
+
+
+def mode_label(c: dict) -> str:
+    """Decode steps of the cell served as ssd / sync / plain rounds (mode_planner.py)."""
+    ms = c.get("mode_steps") or {}
+    return "/".join(str(ms.get(m, 0)) for m in ("ssd", "sync", "plain")) if ms else "-"
 
 
 def rows(res: dict, proto: str):
@@ -127,16 +133,16 @@ def ssd_table(res: dict, proto: str) -> list[str]:
     its rounds go (ms per decode round)."""
     out = ["\n**SSD per cell** (tokens/s: decode tokens/s at concurrency 1, throughput above; ms per "
            "decode round; K: automatic K's mean)\n",
-           "| conc | T | set | K | SSD tok/s | SSD/STANDALONE | SSD/AR | SSD/sync-SD | "
+           "| conc | T | set | K | rounds ssd/sync/plain | SSD tok/s | SSD/STANDALONE | SSD/AR | SSD/sync-SD | "
            + " | ".join(h for h, _, _ in SSD_COLS) + " |",
-           "|---|---|---|---|---|---|---|---|" + "---|" * len(SSD_COLS)]
+           "|---|---|---|---|---|---|---|---|---|" + "---|" * len(SSD_COLS)]
     for conc, t, s in rows(res, proto):
         c = cell(res, proto, "ssd", conc, t, s)
         if not c:
             continue
         v = speed(c, conc)
         others = {m: speed(cell(res, proto, m, conc, t, s), conc) for m in (SD, AR, SYNC)}
-        out.append(f"| {conc} | {t} | {s} | {k_label(res['steps'].get('ssd'), c)} | {fmt(v, 2)} | "
+        out.append(f"| {conc} | {t} | {s} | {k_label(res['steps'].get('ssd'), c)} | {mode_label(c)} | {fmt(v, 2)} | "
                    f"{ratio(v, others[SD])} | {ratio(v, others[AR])} | {ratio(v, others[SYNC])} | "
                    + " | ".join(fmt(c.get(k), p) for _, k, p in SSD_COLS) + " |")
     return out

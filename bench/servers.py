@@ -1,15 +1,14 @@
 """Benchmark servers: one real CPU SGLang server per (mode, steps, protocol), pinned as the paper does.
 
 Modes: ar (plain decoding), ngram (SGLang's NGRAM; steps = draft tokens per round), sd (SGLang's
-STANDALONE, topk 1; steps = N draft steps), sync-sd (our SSD server with the speculation cache off:
-synchronous SD), ssd (steps 0 = automatic K). The pinned protocol puts every process of the target
+STANDALONE, topk 1; steps = N draft steps), sync-sd (our SSD server pinned to --ssd-mode sync:
+synchronous SD, the neural draft every round, no tree), ssd (steps 0 = automatic K). The pinned protocol puts every process of the target
 server on core 0 (a STANDALONE draft lives in it) and SSD's draft process on core 1. One server at
 a time: a Run waits for MIN_FREE_GB of available memory before it starts one.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,18 +40,9 @@ def mode_args(mode: str, draft: Path, steps: int) -> list[str]:
     if steps:  # 0: automatic K (the SSD worker tunes it)
         ssd += ["--speculative-num-steps", str(steps)]
     ssd += SSD_EXTRA
-    if mode == "sync-sd":
-        ssd += ["--ssd-backup", "neural"]
+    if mode == "sync-sd":  # every round drafted just in time by the neural draft, no tree
+        ssd += ["--ssd-mode", "sync", "--ssd-backup", "neural"]
     return ssd
-
-
-def mode_env(mode: str) -> dict | None:
-    if mode != "sync-sd":
-        return None
-    env = dict(os.environ)
-    env["SGLANG_SSD_BENCH_NO_CACHE"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(BENCH / "nocache"), *filter(None, [env.get("PYTHONPATH")])])
-    return env
 
 
 class Run:
@@ -65,7 +55,7 @@ class Run:
         wait_for_memory(MIN_FREE_GB)
         t0 = time.perf_counter()
         self.server = CPUServer(target, BASE_ARGS + mode_args(mode, draft, steps), log_path=str(self.log_path),
-                                env=mode_env(mode), cpus={0} if pinned else None, startup_timeout=600)
+                                env=None, cpus={0} if pinned else None, startup_timeout=600)
         self.startup_s = time.perf_counter() - t0
         self.pin_draft()
 
@@ -113,7 +103,8 @@ def ssd_counters(run: Run) -> dict:
         return {}
     s = run.server.ssd_stats()
     return {k: float(s.get(k) or 0) for k in SSD_COUNTERS} | {"fanout": s.get("fanout"),
-                                                             "k_steps": s.get("k_steps") or {}}
+                                                             "k_steps": s.get("k_steps") or {},
+                                                             "mode_steps": s.get("mode_steps") or {}}
 
 
 def summarize(recs: list[dict], before: dict, after: dict) -> dict:
@@ -142,7 +133,10 @@ def summarize(recs: list[dict], before: dict, after: dict) -> dict:
                    rounds=d["steps"], backup_neural_rounds=d["backup_neural"], draft_failures=d["draft_failures"],
                    plain_rounds=d["plain_rounds"], fanout=after.get("fanout"),
                    k_steps={k: n - before["k_steps"].get(k, 0) for k, n in after["k_steps"].items()
-                            if n - before["k_steps"].get(k, 0) > 0})
+                            if n - before["k_steps"].get(k, 0) > 0},
+                   mode_steps={m: n - before.get("mode_steps", {}).get(m, 0)
+                               for m, n in after.get("mode_steps", {}).items()
+                               if n - before.get("mode_steps", {}).get(m, 0) > 0})
     return out
 
 

@@ -8,6 +8,6 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-if ! .venv/bin/python -c "import sglang_ssd, sglang, pytest, hypothesis, openai, gguf, accelerate, jsonschema" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import sglang_ssd, sglang, pytest, hypothesis, openai, gguf, accelerate, jsonschema, matplotlib" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q -e ".[test]"
 fi

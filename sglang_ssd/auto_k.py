@@ -80,7 +80,7 @@ def expected_tokens(a: float, k: int) -> float:
     return (1.0 - a ** (k + 1)) / (1.0 - a)
 
 
-def _extrapolate(points: list[tuple[int, float]], k: int, proportional: bool) -> Optional[float]:
+def extrapolate(points: list[tuple[int, float]], k: int, proportional: bool) -> Optional[float]:
     if not points:
         return None
     if len(points) == 1:
@@ -112,6 +112,23 @@ class DepthController:
         n = self._acc + self._rej
         return self._acc / n if n > 0 else 0.5
 
+    def observe_acceptance(self, k: int, accepted: list[int]) -> None:
+        """Acceptance from rounds K was not measured in (the draft spoke, but no tree was built)."""
+        for j in accepted:
+            self._acc = self._acc * DECAY + min(j, k)
+            self._rej = self._rej * DECAY + (1.0 if j < k else 0.0)
+
+    def verify_at(self, batch_size: int, k: int) -> Optional[float]:
+        """The verify of K+1 tokens per request predicted from this bucket's fresh measurements
+        (never below the measured one scaled down in proportion to the tokens)."""
+        b = self._buckets.get(batch_size.bit_length())
+        pts = [(kk, x.v) for kk, x in sorted(b.visits.items()) if x.fresh] if b is not None else []
+        v = extrapolate(pts, k, proportional=False)
+        if v is None:
+            return None
+        k0, v0 = pts[0]
+        return max(v, v0 * (k + 1) / (k0 + 1))
+
     def observe(self, k: int, batch_size: int, accepted: list[int], verify_s: float, round_s: float,
                 tree_s: float = 0.0, tree_k: int = 0) -> int:
         """One verified round at depth k; returns K for the next round.
@@ -120,9 +137,7 @@ class DepthController:
         wall time on the worker (draft exchange, verify, acceptance); tree_s: the draft's time for
         the tree this round's speculation came from, which it built at depth tree_k.
         """
-        for j in accepted:
-            self._acc = self._acc * DECAY + min(j, k)
-            self._rej = self._rej * DECAY + (1.0 if j < k else 0.0)
+        self.observe_acceptance(k, accepted)
         if not self.auto or batch_size < 1:
             return self.k
         b = self._bucket(batch_size)
@@ -157,8 +172,8 @@ class DepthController:
         if here is None or here.t is None:
             return None
         fresh = [(kk, x) for kk, x in sorted(b.visits.items()) if x.fresh]
-        vk = _extrapolate([(kk, x.v) for kk, x in fresh], k, proportional=False)
-        tk = _extrapolate([(kk, x.t) for kk, x in fresh if x.t is not None], k, proportional=True)
+        vk = extrapolate([(kk, x.v) for kk, x in fresh], k, proportional=False)
+        tk = extrapolate([(kk, x.t) for kk, x in fresh if x.t is not None], k, proportional=True)
         r = max(1e-9, here.r - max(here.v, here.t) + max(vk, tk))
         return g / r, tk <= vk, False
 

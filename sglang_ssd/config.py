@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 BACKUP_POLICIES = ("neural", "fast", "adaptive")
+ROUND_MODES = ("auto", "ssd", "sync", "plain")
 MAX_K = 16
 DEFAULT_K = 4
 
@@ -40,6 +41,7 @@ class SSDConfig:
     saguaro_c: float = 1.0
     draft_engine: str = "hf"
     curve_keys: Optional[str] = None
+    mode: str = "auto"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -222,6 +224,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                    help="How the draft process runs the draft: sglang (SGLang's own ModelRunner; "
                    "FlashInfer on GPU) or hf (Hugging Face model over SSD's slot KV pool; about 8x "
                    "faster than SGLang's torch_native decode loop on CPU, see bench/draft_engines.py).")
+    g.add_argument("--ssd-mode", type=str, default="auto",
+                   help="Kind of decode round: auto (per batch-size bucket, whichever of the others "
+                   "serves most tokens per second, measured; see docs/guide.md), ssd (speculation "
+                   "cache, the draft pre-drafts while the target verifies), sync (the draft drafts "
+                   "just in time, no tree) or plain (no speculation; the draft is paused).")
     g.add_argument("--ssd-draft-dtype", type=str, default=None,
                    help="Draft dtype: float32, float16 or bfloat16. Default on cpu: bfloat16 when the "
                    "CPU has native bf16 (avx512_bf16/amx_bf16) and the draft has >= 100M parameters, "
@@ -245,6 +252,7 @@ def config_from_namespace(ns: argparse.Namespace) -> SSDConfig:
         saguaro_c=getattr(ns, "ssd_saguaro_c", 1.0),
         draft_engine=getattr(ns, "ssd_draft_engine", "hf"),
         curve_keys=getattr(ns, "ssd_curve_keys", None),
+        mode=getattr(ns, "ssd_mode", "auto"),
     )
     return cfg
 
@@ -267,6 +275,8 @@ def validate(cfg: SSDConfig, *, k: Optional[int], draft_model_path: Optional[str
     if cfg.fanout is not None and len(cfg.fanout) != kk + 1:
         raise _flag_error("--ssd-fanout", ",".join(map(str, cfg.fanout)),
                           f"needs K+1 = {kk + 1} entries (K = --speculative-num-steps = {kk})")
+    if cfg.mode not in ROUND_MODES:
+        raise _flag_error("--ssd-mode", cfg.mode, f"must be one of {', '.join(ROUND_MODES)}")
     if cfg.draft_engine not in ("hf", "sglang"):
         raise _flag_error("--ssd-draft-engine", cfg.draft_engine, "must be hf or sglang")
     if cfg.draft_dtype is not None and cfg.draft_dtype not in ("float32", "float16", "bfloat16"):

@@ -148,7 +148,8 @@ class DraftService:
             spec.drop_speculation()
             refusals, specs, more, backup_s = [wire.Refusal(rid=r, reason=f"draft error: {e}") for r in rids], [], [], 0.0
         if not msg.reply:
-            return None, True
+            return None, msg.predraft
+        predraft = msg.predraft
         pool = self.model.pool
         used, cached = spec.pool_usage()
         return wire.encode(wire.StepReply(
@@ -161,7 +162,7 @@ class DraftService:
                                rejected=self.rejected,
                                backup=spec.last_backup, misses=spec.last_misses,
                                backup_threshold=spec.backup_threshold(), last_round=self.last_round),
-        )), True
+        )), predraft
 
     def answer_mid_tree(self, raw: bytes) -> Optional[bytes]:
         """The reply to a Step that only asks for first speculations (outcomes with k = -1: the

@@ -8,6 +8,7 @@ publish); live values are Gauges.
 
 from __future__ import annotations
 
+from sglang_ssd.mode_planner import MODES
 from sglang_ssd.stats import SSDStats
 
 # name -> (stats field, help)
@@ -40,6 +41,11 @@ GAUGES = {
     "ssd_speculation_depth": ("live_k", "K (draft tokens per speculation) of the next round; automatic unless --speculative-num-steps fixed it."),
     "ssd_backup_threshold": ("backup_threshold", "Adaptive backup's live b* (batch size from which misses get the fast backup)."),
 }
+# Per batch-size bucket and mode (mode_planner.py): labels bucket="bs4-7", mode="ssd"|"sync"|"plain".
+MODE_GAUGES = {
+    "ssd_round_mode": "1 for the kind of round the planner uses in this batch-size bucket, 0 for the others.",
+    "ssd_mode_tokens_per_second": "Measured tokens per second per request of each mode's latest visit in this bucket.",
+}
 
 
 class SSDMetrics:
@@ -51,6 +57,8 @@ class SSDMetrics:
         self.counters = {n: Counter(f"sglang:{n}", h, labelnames=names) for n, (_, h) in COUNTERS.items()}
         self.gauges = {n: Gauge(f"sglang:{n}", h, labelnames=names, multiprocess_mode="mostrecent")
                        for n, (_, h) in GAUGES.items()}
+        self.mode_gauges = {n: Gauge(f"sglang:{n}", h, labelnames=names + ["bucket", "mode"],
+                                     multiprocess_mode="mostrecent") for n, h in MODE_GAUGES.items()}
         self._last: dict[str, float] = {}
         for c in self.counters.values():  # every series exists from the start, at 0
             c.labels(**labels)
@@ -67,3 +75,10 @@ class SSDMetrics:
             v = snap.get(field)
             if v is not None:
                 self.gauges[name].labels(**self.labels).set(float(v))
+        for bucket, row in (snap.get("modes") or {}).items():
+            for mode in MODES:
+                self.mode_gauges["ssd_round_mode"].labels(**self.labels, bucket=bucket, mode=mode).set(
+                    1.0 if row["mode"] == mode else 0.0)
+            for mode, m in row["measured"].items():
+                self.mode_gauges["ssd_mode_tokens_per_second"].labels(**self.labels, bucket=bucket, mode=mode).set(
+                    float(m["tok_per_s"]))

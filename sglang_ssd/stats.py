@@ -52,9 +52,16 @@ class SSDStats:
     live_k: Optional[int] = None  # K of the next round (automatic K moves it)
     k_steps: dict = field(default_factory=dict)  # decode steps verified at each K
     auto_k: dict = field(default_factory=dict)  # automatic K per batch-size bucket, with its timings
+    live_mode: Optional[str] = None  # the mode of the next round (ssd / sync / plain, mode_planner.py)
+    mode_steps: dict = field(default_factory=dict)  # decode steps served in each mode
+    modes: dict = field(default_factory=dict)  # per batch-size bucket: the mode, its switches and measurements
+    pauses: int = 0  # requests the draft was told to forget for plain rounds
+    resyncs: int = 0  # requests the draft was brought back in sync with (after a pause or a restart)
+    resync_s: float = 0.0  # rounds' waits for those resyncs
 
-    def record_round(self, ks, hits, wait_s, plain, depth: Optional[int] = None) -> None:
+    def record_round(self, ks, hits, wait_s, plain, depth: Optional[int] = None, mode: str = "ssd") -> None:
         self.steps += 1
+        self.mode_steps[mode] = self.mode_steps.get(mode, 0) + 1
         if depth is not None:
             self.k_steps[depth] = self.k_steps.get(depth, 0) + 1
         self.draft_wait_s += wait_s
@@ -76,13 +83,17 @@ class SSDStats:
         self.refusal_reasons[key] = self.refusal_reasons.get(key, 0) + 1
 
     def record_draft_times(self, tree_s: float, lookup_s: float, wait_s: float = 0.0,
-                           gap_s: float = float("inf"), first: bool = False) -> None:
+                           gap_s: float = float("inf"), first: bool = False, resyncs: int = 0) -> None:
         """Split the wait: the draft's tree still running when the Step arrived (its tree took
         longer than the `gap_s` between the previous reply and this Step), its lookup, and the
         rest, the hand-off (transport, encoding, decoding). A round that brings requests their
-        first speculation waits for the draft's prefill and first drafts instead: `first`."""
+        first speculation waits for the draft's prefill and first drafts instead: `first`; when
+        it brought the draft back in sync with `resyncs` requests, that wait is the resync's too."""
         self.draft_tree_s += tree_s
         self.draft_lookup_s += lookup_s
+        if resyncs:
+            self.resyncs += resyncs
+            self.resync_s += wait_s
         if first:
             self.first_wait_s += wait_s
             return
@@ -118,6 +129,9 @@ class SSDStats:
         d["plain_reasons"] = dict(self.plain_reasons)
         d["k_steps"] = dict(self.k_steps)
         d["auto_k"] = {b: dict(v) for b, v in self.auto_k.items()}
+        d["modes"] = {b: dict(v) for b, v in self.modes.items()}
+        d["mode_steps"] = dict(self.mode_steps)
+        d["resync_ms_per_request"] = 1e3 * self.resync_s / self.resyncs if self.resyncs else None
         d["accept_length"] = self.emitted / self.spec_rounds if self.spec_rounds else None
         d["cache_hit_rate"] = self.hits / self.lookups if self.lookups else None
         d["draft_wait_ms_per_step"] = 1e3 * self.draft_wait_s / self.steps if self.steps else None

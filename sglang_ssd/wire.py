@@ -13,7 +13,7 @@ from typing import Optional, Union
 import msgspec
 
 
-PROTOCOL_VERSION = 2  # 2: compact q' (Spec.q_ids, q_counts)
+PROTOCOL_VERSION = 3  # 2: compact q' (Spec.q_ids, q_counts); 3: Step.predraft (sync rounds)
 # Larger messages are dropped by ZeroMQ before they are read (ZMQ_MAXMSGSIZE): a Step carries
 # prompts and outcomes, so 256 MiB is far beyond any real one.
 MAX_TO_DRAFT_BYTES = 256 << 20
@@ -89,6 +89,9 @@ class Step(msgspec.Struct, tag="step", frozen=True):
     # Prompts the target is about to prefill: the draft computes their KV into its prefix cache
     # meanwhile, so the Begin that follows finds it there (best effort; bad ones are skipped).
     warm: list[list[int]] = []
+    # False: answer, then build no tree (a sync round: the next round's speculations are drafted
+    # when it comes, from the true context).
+    predraft: bool = True
 
 
 class Spec(msgspec.Struct, frozen=True):

@@ -13,6 +13,9 @@ import pytest
 from sglang_ssd.testing.tiny_models import make_pair_set
 
 K = 4
+# SSD servers of tests about speculation itself serve every round with SSD (--ssd-mode ssd): the
+# mode planner would rightly stop speculating with a draft that buys nothing on these tiny models.
+PIN_SSD = ["--ssd-mode", "ssd"]
 SERVER_ARGS = ["--dtype", "float32", "--mem-fraction-static", "0.25", "--max-total-tokens", "32768",
                "--max-running-requests", "16", "--sleep-on-idle",
                "--log-level", "warning"]
@@ -59,6 +62,8 @@ class _Servers:
                 args += ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
                          str(self.models[draft]), "--speculative-num-steps", str(K)]
             args += list(extra)
+            if draft is not None and "--ssd-mode" not in extra:
+                args += PIN_SSD
             self.live[name] = CPUServer(self.models["target"], args, log_path=str(self.log_dir / f"{name}.log"))
         return self.live[name]
 

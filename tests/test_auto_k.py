@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sglang_ssd import wire
-from conftest import hf_greedy
+from conftest import PIN_SSD, hf_greedy
 from sglang_ssd.auto_k import DepthController, expected_tokens
 
 
@@ -196,7 +196,7 @@ def auto_server(models, log_dir):
     from sglang_ssd.cpu_serve import cpu_env
     from sglang_ssd.testing.server import CPUServer
 
-    args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
+    args = SERVER_ARGS + PIN_SSD + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
                           str(models["draft_perturbed"])]
     srv = CPUServer(models["target"], args, log_path=str(log_dir / "ssd_auto_k.log"),
                     env=cpu_env(dict(__import__("os").environ, SGLANG_SSD_AUTO_K_EVERY="4")))

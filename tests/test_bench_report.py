@@ -36,7 +36,8 @@ def _cell(tok_s, accept, outputs, **ssd):
 def _results(ssd_outputs):
     ssd_extra = dict(hit_rate=0.9, ssd_accept_len=3.5, round_ms_per_round=900.0, verify_ms_per_round=600.0,
                      draft_wait_ms_per_round=250.0, first_wait_ms_per_round=20.0, draft_tree_ms_per_round=500.0,
-                     handoff_ms_per_round=1.5, k_steps={"4": 3, "3": 1})
+                     handoff_ms_per_round=1.5, k_steps={"4": 3, "3": 1, "0": 4},
+                     mode_steps={"ssd": 4, "plain": 4})
     speeds = {"ar": (2.0, 1.0), "ngram": (2.2, 1.4), "sd": (1.6, 3.0), "sync-sd": (1.2, 3.0), "ssd": (2.4, 3.4)}
     protos = {}
     for m, (v, a) in speeds.items():
@@ -55,9 +56,11 @@ def _results(ssd_outputs):
 def test_tables_show_ssd_ratios_and_round_breakdown():
     text = report.tables(_results([[1, 2, 3]]))
     assert "| AR | NGRAM 5 tok | STANDALONE N=3 | sync-SD N=3 | SSD |" in text
-    # SSD per cell: tokens/s, SSD/STANDALONE, SSD/AR, SSD/sync-SD, then the round breakdown
-    assert "| 1 | 0.0 | humaneval | auto 3.8 | 2.40 | 1.50x | 1.20x | 2.00x | 3.40 | 0.90 | 900 | 600 | 250 | 20 |" in text
-    assert "| 4 | 0.0 | mixed | auto 3.8 | 9.60 | 1.50x | 1.20x | 2.00x |" in text  # throughput when concurrent
+    # SSD per cell: K (the mean over speculated rounds: plain rounds' K 0 left out), rounds per mode,
+    # tokens/s, SSD/STANDALONE, SSD/AR, SSD/sync-SD, then the round breakdown
+    assert ("| 1 | 0.0 | humaneval | auto 3.8 | 4/0/4 | 2.40 | 1.50x | 1.20x | 2.00x | 3.40 | 0.90 | 900 | 600 | 250 | 20 |"
+            in text)
+    assert "| 4 | 0.0 | mixed | auto 3.8 | 4/0/4 | 9.60 | 1.50x | 1.20x | 2.00x |" in text  # throughput when concurrent
     assert "| 1 | 0.0 | all sets | 4.00 | 4.40 | 3.20 | 2.40 | 4.80 | 1.50x | 1.20x |" in text
 
 

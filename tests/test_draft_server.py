@@ -19,7 +19,7 @@ import pytest
 import requests
 import zmq
 
-from conftest import K, SERVER_ARGS, hf_greedy
+from conftest import PIN_SSD, K, SERVER_ARGS, hf_greedy
 from sglang_ssd import wire
 from sglang_ssd.metrics import COUNTERS, GAUGES
 from sglang_ssd.testing.server import CPUServer, free_port
@@ -73,7 +73,7 @@ def remote(models, log_dir, keys):
     endpoint = f"tcp://127.0.0.1:{port}"
     ds = start_draft_server(models["draft_same"], endpoint, log_dir / "draft_server.log",
                             "--curve-keys", str(keys))
-    args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
+    args = SERVER_ARGS + PIN_SSD + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
                           str(models["draft_same"]), "--speculative-num-steps", str(K),
                           "--ssd-draft-endpoint", endpoint, "--ssd-curve-keys", str(keys),
                           "--ssd-draft-timeout-ms", "3000", "--enable-metrics"]
@@ -303,7 +303,7 @@ def test_ten_thousand_bad_messages_on_both_ends_change_nothing(models, log_dir, 
     proxy.start()
     srv = None
     try:
-        args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
+        args = SERVER_ARGS + PIN_SSD + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
                               str(models["draft_same"]), "--speculative-num-steps", str(K),
                               "--ssd-draft-endpoint", front]
         srv = CPUServer(models["target"], args, log_path=str(log_dir / "fuzz_target.log"))
@@ -351,7 +351,7 @@ def test_data_parallel_replicas_reach_their_own_draft_server_replica(models, log
         while log.read_text().count("draft server ready on") < 2:
             assert ds.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.3)
-        args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
+        args = SERVER_ARGS + PIN_SSD + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
                               str(models["draft_same"]), "--dp", "2", "--max-total-tokens", "16384",
                               "--ssd-draft-endpoint", endpoint]
         env = dict(os.environ, SGLANG_CPU_OMP_THREADS_BIND="0|1")

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import K, SERVER_ARGS, hf_greedy
+from conftest import PIN_SSD, K, SERVER_ARGS, hf_greedy
 from sglang_ssd.testing.server import CPUServer
 
 CLIENTS = 64
@@ -56,7 +56,7 @@ def wait_idle(srv, want_pool: int, want_tokens: int, timeout: float = 60) -> dic
 @pytest.mark.slow
 def test_64_streaming_clients_for_two_minutes(models, log_dir, hf_target):
     refs = {i: hf_greedy(hf_target, p, MAX_NEW) for i, p in enumerate(PROMPTS)}
-    args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
+    args = SERVER_ARGS + PIN_SSD + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
                           str(models["draft_perturbed"]), "--speculative-num-steps", str(K),
                           "--max-running-requests", "32"]
     srv = CPUServer(models["target"], args, log_path=str(log_dir / "load.log"))

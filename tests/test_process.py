@@ -9,13 +9,13 @@ import time
 import psutil
 import pytest
 
-from conftest import K, SERVER_ARGS, hf_greedy
+from conftest import PIN_SSD, K, SERVER_ARGS, hf_greedy
 from sglang_ssd.testing.server import CPUServer
 
 
 @pytest.fixture(scope="module")
 def own_server(models, log_dir):
-    args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
+    args = SERVER_ARGS + PIN_SSD + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
                           str(models["draft_same"]), "--speculative-num-steps", str(K),
                           "--ssd-draft-timeout-ms", "3000", "--max-running-requests", "16"]
     srv = CPUServer(models["target"], args, log_path=str(log_dir / "process_test.log"))
@@ -181,7 +181,7 @@ def test_request_beyond_the_drafts_context_is_served_exactly(models, tmp_path, l
     cfg = json.loads((short / "config.json").read_text())
     cfg["max_position_embeddings"] = 40
     (short / "config.json").write_text(json.dumps(cfg))
-    args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path", str(short)]
+    args = SERVER_ARGS + PIN_SSD + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path", str(short)]
     with CPUServer(models["target"], args, log_path=str(log_dir / "short_draft.log")) as srv:
         prompt = [5, 6, 7, 8, 9]
         out = srv.generate(prompt, {"temperature": 0, "max_new_tokens": 60, "ignore_eos": True})
@@ -195,7 +195,10 @@ def test_request_beyond_the_drafts_context_is_served_exactly(models, tmp_path, l
 def test_draft_on_sglangs_own_model_runner(models, log_dir, hf_target):
     """--ssd-draft-engine sglang: the draft process runs SGLang's ModelRunner; outputs stay exact."""
     args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
-                          str(models["draft_same"]), "--ssd-draft-engine", "sglang", "--ssd-draft-kv-tokens", "8192"]
+                          str(models["draft_same"]), "--ssd-draft-engine", "sglang", "--ssd-draft-kv-tokens", "8192",
+                          # A fixed budget and mode: this checks the engine, not the planners (which,
+                          # on a loaded machine, may rightly trade hits for a cheaper tree).
+                          "--ssd-fanout-budget", "15", "--ssd-mode", "ssd"]
     with CPUServer(models["target"], args, log_path=str(log_dir / "sglang_engine.log")) as srv:
         want = [hf_greedy(hf_target, p, 24) for p in PROMPTS[:4]]
         from concurrent.futures import ThreadPoolExecutor
@@ -215,7 +218,7 @@ def test_data_parallel_replicas_each_have_their_own_draft(models, log_dir, hf_ta
     """--dp 2: two schedulers, each spawning (and speculating with) its own draft process."""
     from concurrent.futures import ThreadPoolExecutor
 
-    args = SERVER_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
+    args = SERVER_ARGS + PIN_SSD + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
                           str(models["draft_same"]), "--dp", "2", "--max-total-tokens", "16384"]
     env = dict(os.environ, SGLANG_CPU_OMP_THREADS_BIND="0|1")  # SGLang CPU DP: one core per rank
     with CPUServer(models["target"], args, log_path=str(log_dir / "dp2.log"), env=env) as srv:

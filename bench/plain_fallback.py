@@ -1,0 +1,154 @@
+"""SSD with a draft that never agrees vs plain decoding: the mode planner must give the throughput back.
+
+    python bench/plain_fallback.py [--pair tiny|qwen-coder] [--concurrency 1,4] [--out ...json]
+
+A draft of random weights sharing the target's tokenizer (tiny: the test fixture's draft_random;
+qwen-coder: a one-layer Qwen2 of random weights with Qwen2.5-Coder's tokenizer, made once into
+~/.cache/sglang_ssd/models/random-qwen-draft) accepts nothing, so every speculated round costs a
+verify of K+1 tokens for one token. With --ssd-mode auto (the default) the worker measures that and
+serves plain rounds. One server at a time, pinned (target core 0, SSD's draft core 1): a warm-up
+request long enough for the planner to settle (its rounds before the first plain round are
+reported), then at each concurrency level `--requests` requests of `--max-new-tokens` greedy tokens;
+throughput = tokens / wall time. Target: SSD >= 0.95x plain at every level (issue 16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from sglang_ssd.testing.server import CPUServer, pin_threads  # noqa: E402
+
+TINY_ARGS = ["--dtype", "float32", "--mem-fraction-static", "0.25", "--max-total-tokens", "32768",
+             "--max-running-requests", "8", "--sleep-on-idle", "--log-level", "warning"]
+
+
+def random_qwen_draft(tokenizer_from: Path) -> Path:
+    """A one-layer Qwen2 of random weights with the pair's tokenizer (cached)."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = Path.home() / ".cache" / "sglang_ssd" / "models" / "random-qwen-draft"
+    if (out / "config.json").exists():
+        return out
+    cfg = AutoConfig.from_pretrained(str(tokenizer_from))
+    cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers = 64, 128, 1
+    cfg.num_attention_heads, cfg.num_key_value_heads = 2, 1
+    cfg.tie_word_embeddings = True
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    for name in os.listdir(tokenizer_from):
+        if name.startswith(("tokenizer", "vocab", "merges", "special_tokens", "generation_config")):
+            shutil.copy(tokenizer_from / name, tmp / name)
+    tmp.rename(out)
+    return out
+
+
+def pair(name: str) -> tuple[Path, Path, list[int], list[str]]:
+    """(target, random draft, prompt ids, server args)."""
+    if name == "tiny":
+        from sglang_ssd.testing.tiny_models import default_root, make_pair_set
+
+        paths = make_pair_set(default_root())
+        return paths["target"], paths["draft_random"], [5, 6, 7, 8, 9], TINY_ARGS
+    import pairs
+    from transformers import AutoTokenizer
+
+    target, real_draft, _ = pairs.PAIRS["qwen-coder"].prepare()
+    tok = AutoTokenizer.from_pretrained(str(target))
+    ids = tok.apply_chat_template([{"role": "user", "content": "Write a Python function that merges two "
+                                    "sorted lists into one sorted list."}], add_generation_prompt=True)
+    return target, random_qwen_draft(real_draft), list(ids), pairs.PAIRS["qwen-coder"].server_args()
+
+
+def measure(srv: CPUServer, prompt: list[int], levels: list[int], requests: int, max_new: int) -> dict:
+    sp = {"temperature": 0, "max_new_tokens": max_new, "ignore_eos": True}
+    out = {}
+    for c in levels:
+        n = max(requests, c)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(c) as ex:
+            outs = list(ex.map(lambda i: srv.generate(prompt[: len(prompt) - i % 3] or prompt, sp), range(n)))
+        wall = time.perf_counter() - t0
+        tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
+        out[c] = {"tok_s": tokens / wall, "tokens": tokens, "wall_s": wall,
+                  "outputs": [o["output_ids"] for o in outs]}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pair", default="tiny", choices=["tiny", "qwen-coder"])
+    ap.add_argument("--concurrency", default="1,4")
+    ap.add_argument("--requests", type=int, help="requests per level (tiny 8, qwen-coder 2)")
+    ap.add_argument("--max-new-tokens", type=int, help="per request (tiny 256, qwen-coder 48)")
+    ap.add_argument("--warmup-tokens", type=int, help="the settling request (tiny 256, qwen-coder 48)")
+    ap.add_argument("--out", type=Path, default=BENCH / "results" / "plain_fallback.json")
+    args = ap.parse_args()
+    tiny = args.pair == "tiny"
+    requests = args.requests or (8 if tiny else 2)
+    max_new = args.max_new_tokens or (256 if tiny else 48)
+    warm = args.warmup_tokens or (256 if tiny else 48)
+    levels = [int(x) for x in args.concurrency.split(",") if x]
+    target, draft, prompt, base = pair(args.pair)
+    logdir = BENCH / "results" / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for mode in ("plain", "ssd"):
+        extra = [] if mode == "plain" else ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
+                                            str(draft), "--ssd-draft-threads", "1"]
+        with CPUServer(target, base + extra, log_path=str(logdir / f"plain_fallback-{mode}.log"), cpus={0},
+                       startup_timeout=900) as srv:
+            if mode == "ssd":
+                pin_threads(srv.ssd_stats()["draft_pid"], {1})
+            t0 = time.perf_counter()
+            w = srv.generate(prompt, {"temperature": 0, "max_new_tokens": warm, "ignore_eos": True})
+            row = {"warmup_s": time.perf_counter() - t0}
+            if mode == "ssd":
+                st = srv.ssd_stats()
+                row["warmup_mode_steps"] = dict(st["mode_steps"])
+                row["settled_mode"] = st["modes"].get("bs1-1", {}).get("mode")
+                row["warmup_tokens"] = w["meta_info"]["completion_tokens"]
+                before = st
+            row["levels"] = measure(srv, prompt, levels, requests, max_new)
+            if mode == "ssd":
+                st = srv.ssd_stats()
+                row["mode_steps"] = {m: st["mode_steps"].get(m, 0) - before["mode_steps"].get(m, 0)
+                                     for m in st["mode_steps"]}
+                row["modes"] = st["modes"]
+        results[mode] = row
+    same = all(results["ssd"]["levels"][c]["outputs"] == results["plain"]["levels"][c]["outputs"] for c in levels)
+    print(f"# SSD with a random draft vs plain decoding, pair {args.pair}, pinned; greedy outputs identical: {same}")
+    print(f"warm-up: {results['ssd']['warmup_tokens']} tokens, decode steps per mode {results['ssd']['warmup_mode_steps']}, "
+          f"settled into {results['ssd']['settled_mode']!r}")
+    print("| concurrency | plain tok/s | SSD tok/s | SSD/plain |")
+    print("|---|---|---|---|")
+    for c in levels:
+        p, s = results["plain"]["levels"][c]["tok_s"], results["ssd"]["levels"][c]["tok_s"]
+        print(f"| {c} | {p:.2f} | {s:.2f} | {s / p:.3f} |")
+    print(f"SSD decode steps per mode while measured: {results['ssd']['mode_steps']}")
+    for r in results.values():
+        for lv in r["levels"].values():
+            lv.pop("outputs")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"pair": args.pair, "identical": same, "results": results,
+                                    "machine": os.uname().nodename, "cpus": os.cpu_count(),
+                                    "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1, default=str))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

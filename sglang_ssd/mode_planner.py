@@ -1,0 +1,259 @@
+"""Which kind of round serves most tokens per second, per batch-size bucket, from measured times.
+
+Speculation pays only while a round's tokens outgrow its cost: a weak draft, a busy server whose
+verify of K+1 tokens per request costs far more than a decode step, or a draft tree competing with
+the target for one device can make a speculated round slower than a plain one. So each round is one
+of three modes, chosen per batch-size bucket (1, 2-3, 4-7, ...):
+
+- ``ssd``: the draft answers from its speculation cache and pre-drafts while the target verifies
+  (K and the tree's budget tuned within the mode by auto_k.py and tree_budget.py);
+- ``sync``: the draft drafts just in time and builds no tree (ordinary speculative decoding: what
+  pays when the tree cannot hide behind the verify);
+- ``plain``: no draft at all, the target alone (one token per request per round); the draft is
+  paused for these requests (it forgets them; its prefix cache keeps their KV for the resync).
+
+Each mode's rate, tokens per request-round over round seconds, is measured over its latest visit.
+Every `every` rounds the planner decides: it moves to a measured mode only when that mode is
+better by a margin larger than the noise of both measurements (hysteresis: no flapping), visits a
+mode not measured recently at once when a prediction says it is better (plain from the measured
+verify curve; sync when SSD's tree outlasts the verify), and otherwise probes it now and then while
+it could be close (a mode that cannot be predicted, such as SSD seen from plain rounds, always
+could), at intervals that double while probes lose (their cost stays bounded) and reset on a win.
+Measurements age out, so a change of load or of text is noticed. A user's --ssd-mode pins the mode.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from sglang_ssd.auto_k import DepthController
+
+MODES = ("ssd", "sync", "plain")
+EVERY = int(os.environ.get("SGLANG_SSD_MODE_EVERY", "16"))  # rounds per decision (and per probe)
+MARGIN = 0.05  # a switch must promise this much more throughput ...
+SIGMAS = 3.0  # ... and more than this many standard errors of the difference
+MAX_AGE = 8  # decisions after which a mode's measurement is no longer trusted
+FIRST_PROBE = {"plain": 2, "sync": 4, "ssd": 8}  # decisions before a first probe without a prediction
+MAX_BACKOFF = 64  # decisions between probes of a mode that keeps losing
+EXPLORE = 0.7  # a mode predicted at this share of the current rate is still probed now and then
+OVERRUN = 0.1  # SSD's wait beyond this share of the verify: its tree is not hidden (probe sync)
+
+
+@dataclass
+class _Meter:
+    """One mode's latest visit in one bucket."""
+
+    rounds: int = 0
+    req_rounds: int = 0
+    tokens: float = 0.0
+    round_s: float = 0.0
+    verify_s: float = 0.0
+    wait_s: float = 0.0
+    rate_sum: float = 0.0  # per-round rates, for the noise of the mean
+    rate_sq: float = 0.0
+    age: int = 0  # decisions since the visit ended (0 while it lasts)
+
+    def add(self, req_rounds: int, tokens: float, round_s: float, verify_s: float, wait_s: float) -> None:
+        self.rounds += 1
+        self.req_rounds += req_rounds
+        self.tokens += tokens
+        self.round_s += round_s
+        self.verify_s += verify_s
+        self.wait_s += wait_s
+        r = tokens / max(req_rounds, 1) / max(round_s, 1e-9)
+        self.rate_sum += r
+        self.rate_sq += r * r
+
+    @property
+    def fresh(self) -> bool:
+        return self.rounds > 0 and self.age <= MAX_AGE
+
+    @property
+    def rate(self) -> float:
+        """Tokens per request per second over the visit."""
+        return self.tokens / max(self.req_rounds, 1) / max(self.round_s / max(self.rounds, 1), 1e-9)
+
+    @property
+    def stderr(self) -> float:
+        n = self.rounds
+        if n < 2:
+            return float("inf")
+        mean = self.rate_sum / n
+        var = max(self.rate_sq / n - mean * mean, 0.0) * n / (n - 1)
+        return math.sqrt(var / n)
+
+    def summary(self) -> dict:
+        return {"tok_per_s": round(self.rate, 3), "rounds": self.rounds, "age": self.age,
+                "round_ms": round(1e3 * self.round_s / max(self.rounds, 1), 3),
+                "verify_ms": round(1e3 * self.verify_s / max(self.rounds, 1), 3),
+                "wait_ms": round(1e3 * self.wait_s / max(self.rounds, 1), 3)}
+
+
+@dataclass
+class _Bucket:
+    mode: str
+    size: int  # a batch size of the bucket (the one it was made for)
+    meters: dict = field(default_factory=dict)  # mode -> _Meter
+    rounds: int = 0  # rounds in `mode` since the last decision
+    probing: Optional[str] = None  # the mode to return to when the probe in progress loses
+    next_probe: dict = field(default_factory=lambda: dict(FIRST_PROBE))  # mode -> decisions to wait
+    backoff: dict = field(default_factory=lambda: dict(FIRST_PROBE))
+    switches: int = 0
+    probes: int = 0
+
+
+def significantly_better(a: _Meter, b: _Meter) -> bool:
+    """Whether mode a's measured rate beats b's by the margin and beyond both measurements' noise."""
+    gap = a.rate - b.rate
+    noise = math.sqrt(a.stderr ** 2 + b.stderr ** 2)
+    return gap > MARGIN * b.rate and gap > SIGMAS * noise
+
+
+class ModePlanner:
+    """The one planner of a round: its mode, and K within the speculating modes (DepthController).
+
+    `pinned`: a mode the user fixed (--ssd-mode), never left; `allowed`: the modes auto may use.
+    """
+
+    def __init__(self, depth: DepthController, pinned: Optional[str] = None, every: int = EVERY,
+                 allowed: tuple = MODES):
+        if pinned is not None and pinned not in MODES:
+            raise ValueError(f"mode {pinned!r} is not one of {MODES}")
+        self.depth = depth
+        self.pinned = pinned
+        self.every = max(2, every)
+        self.allowed = tuple(m for m in MODES if m in allowed)
+        self._buckets: dict[int, _Bucket] = {}
+        self.mode = pinned or "ssd"
+        self.version = 0  # bumped at every decision that changes the table
+
+    @property
+    def k(self) -> int:
+        return self.depth.k
+
+    def plan(self, batch_size: int) -> tuple[str, int]:
+        """(mode, K) for a round of `batch_size` requests; K is 0 for plain rounds."""
+        if self.pinned is None and batch_size >= 1:
+            self.mode = self._bucket(batch_size).mode
+        return self.mode, (0 if self.mode == "plain" else self.depth.k)
+
+    def observe(self, mode: str, k: int, batch_size: int, accepted: list[int], verify_s: float,
+                round_s: float, wait_s: float = 0.0, tree_s: float = 0.0, tree_k: int = 0) -> None:
+        """One verified round: `accepted` draft tokens per request served in `mode` (plain rounds:
+        zeros), the round's wall time, its verify and its wait for the draft."""
+        if mode == "ssd":
+            self.depth.observe(k, batch_size, accepted, verify_s, round_s, tree_s, tree_k)
+        elif mode == "sync":
+            self.depth.observe_acceptance(k, accepted)
+        if self.pinned is not None or batch_size < 1 or not accepted:
+            return
+        b = self._bucket(batch_size)
+        if mode != b.mode:  # served in another bucket's mode (the batch moved): not this bucket's
+            return
+        m = b.meters.get(mode)
+        if m is None or m.age > 0:  # a new visit replaces what an earlier one measured
+            m = b.meters[mode] = _Meter()
+        m.add(len(accepted), sum(min(j, k) + 1 for j in accepted), round_s, verify_s, wait_s)
+        b.rounds += 1
+        if b.rounds >= self.every:
+            b.rounds = 0
+            self._decide(b)
+            self.mode = b.mode
+
+    # ---- decisions -------------------------------------------------------------------------
+    def _decide(self, b: _Bucket) -> None:
+        self.version += 1
+        here = b.meters[b.mode]
+        for mode, m in b.meters.items():
+            if mode != b.mode:
+                m.age += 1
+        if b.probing is not None:  # a probe's visit is over: keep the mode only if it won
+            home, back = b.probing, b.meters.get(b.probing)
+            if back is not None and back.fresh and not significantly_better(here, back):
+                self._lose(b, b.mode)
+                self._enter(b, home)
+            else:
+                b.backoff[b.mode] = FIRST_PROBE.get(b.mode, 4)
+                b.switches += 1
+                b.probing = None
+            return
+        for mode in self.allowed:  # a measured mode that is clearly better
+            m = b.meters.get(mode)
+            if mode != b.mode and m is not None and m.fresh and significantly_better(m, here):
+                b.switches += 1
+                self._enter(b, mode)
+                return
+        for mode in self.allowed:  # a mode not measured lately, predicted or due for a probe
+            m = b.meters.get(mode)
+            if mode == b.mode or (m is not None and m.fresh):
+                continue
+            b.next_probe[mode] = b.next_probe.get(mode, FIRST_PROBE.get(mode, 4)) - 1
+            promise = self._promise(b, mode, here)
+            if promise == "now" or (promise == "maybe" and b.next_probe[mode] <= 0):
+                b.probes += 1
+                b.probing = b.mode
+                self._enter(b, mode)
+                return
+
+    def _promise(self, b: _Bucket, mode: str, here: _Meter) -> str:
+        """Whether an unmeasured `mode` is worth a visit: "now" (predicted better), "maybe" (on
+        the probe schedule: a prediction says it could be close, or none can be made), "no"."""
+        if mode == "plain":
+            if b.mode == "plain":
+                return "no"
+            predicted = self.plain_rate(here, b.size)
+            return "now" if predicted > here.rate else "maybe" if predicted > EXPLORE * here.rate else "no"
+        if mode == "sync":  # only a tree that outlasts the verify can make sync pay
+            ssd = b.meters.get("ssd")
+            if ssd is None or ssd.wait_s <= OVERRUN * ssd.verify_s:
+                return "no"
+            return "now" if b.mode == "ssd" else "maybe"
+        return "maybe"  # ssd, from a mode that cannot predict it
+
+    def plain_rate(self, here: _Meter, batch_size: int) -> float:
+        """A plain round's predicted rate from a speculating mode's visit: the round without its
+        wait, with the verify of one token per request instead of K+1 (the verify curve that auto
+        K measured, extrapolated to K = 0; flat when one depth is known)."""
+        n = max(here.rounds, 1)
+        v_k = here.verify_s / n
+        v_0 = self.depth.verify_at(batch_size, 0)
+        v_0 = v_k if v_0 is None else min(v_0, v_k)
+        r_0 = here.round_s / n - here.wait_s / n - v_k + v_0
+        return 1.0 / max(r_0, 1e-9)
+
+    def _enter(self, b: _Bucket, mode: str) -> None:
+        old = b.meters.get(b.mode)
+        if old is not None:
+            old.age = max(old.age, 1)  # its visit is over
+        b.mode = mode
+        b.rounds = 0
+
+    def _lose(self, b: _Bucket, mode: str) -> None:
+        b.backoff[mode] = min(MAX_BACKOFF, 2 * b.backoff.get(mode, FIRST_PROBE.get(mode, 4)))
+        b.next_probe[mode] = b.backoff[mode]
+        b.probing = None
+
+    def _bucket(self, batch_size: int) -> _Bucket:
+        key = batch_size.bit_length()
+        b = self._buckets.get(key)
+        if b is None:
+            first = "ssd" if "ssd" in self.allowed else self.allowed[0]
+            b = self._buckets[key] = _Bucket(mode=first, size=batch_size)
+            self.version += 1
+        return b
+
+    def table(self) -> dict:
+        """Per bucket: the mode in use, switches and probes, and each mode's latest measurement."""
+        out = {}
+        for key, b in sorted(self._buckets.items()):
+            lo = 1 << (key - 1)
+            out[f"bs{lo}-{2 * lo - 1}"] = {
+                "mode": b.mode, "switches": b.switches, "probes": b.probes,
+                "probing": b.probing is not None,
+                "measured": {m: x.summary() for m, x in sorted(b.meters.items())},
+            }
+        return out
+
