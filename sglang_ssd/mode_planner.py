@@ -32,7 +32,7 @@ from typing import Optional
 from sglang_ssd.auto_k import DepthController
 
 MODES = ("ssd", "sync", "plain")
-EVERY = int(os.environ.get("SGLANG_SSD_MODE_EVERY", "16"))  # rounds per decision (and per probe)
+EVERY = int(os.environ.get("SGLANG_SSD_MODE_EVERY", "16"))  # rounds per decision (a probe lasts half)
 MARGIN = 0.05  # a switch must promise this much more throughput ...
 SIGMAS = 3.0  # ... and more than this many standard errors of the difference
 MAX_AGE = 8  # decisions after which a mode's measurement is no longer trusted
@@ -125,6 +125,7 @@ class ModePlanner:
         self.depth = depth
         self.pinned = pinned
         self.every = max(2, every)
+        self.probe_rounds = max(4, self.every // 2)  # a probe's visit: long enough to see a clear loss
         self.allowed = tuple(m for m in MODES if m in allowed)
         self._buckets: dict[int, _Bucket] = {}
         self.mode = pinned or "ssd"
@@ -158,7 +159,7 @@ class ModePlanner:
             m = b.meters[mode] = _Meter()
         m.add(len(accepted), sum(min(j, k) + 1 for j in accepted), round_s, verify_s, wait_s)
         b.rounds += 1
-        if b.rounds >= self.every:
+        if b.rounds >= (self.probe_rounds if b.probing is not None else self.every):
             b.rounds = 0
             self._decide(b)
             self.mode = b.mode
@@ -186,32 +187,42 @@ class ModePlanner:
                 b.switches += 1
                 self._enter(b, mode)
                 return
-        for mode in self.allowed:  # a mode not measured lately, predicted or due for a probe
+        due = []  # modes not measured lately, predicted better or due for a probe
+        for mode in self.allowed:
             m = b.meters.get(mode)
             if mode == b.mode or (m is not None and m.fresh):
                 continue
             b.next_probe[mode] = b.next_probe.get(mode, FIRST_PROBE.get(mode, 4)) - 1
-            promise = self._promise(b, mode, here)
+            promise, rate = self._promise(b, mode, here)
             if promise == "now" or (promise == "maybe" and b.next_probe[mode] <= 0):
-                b.probes += 1
-                b.probing = b.mode
-                self._enter(b, mode)
-                return
+                due.append((promise == "now", rate, mode))
+        if due:  # one probe at a time: the most promising
+            b.probes += 1
+            b.probing = b.mode
+            self._enter(b, max(due)[2])
 
-    def _promise(self, b: _Bucket, mode: str, here: _Meter) -> str:
-        """Whether an unmeasured `mode` is worth a visit: "now" (predicted better), "maybe" (on
-        the probe schedule: a prediction says it could be close, or none can be made), "no"."""
+    def _promise(self, b: _Bucket, mode: str, here: _Meter) -> tuple[str, float]:
+        """Whether an unmeasured `mode` is worth a visit, and its predicted rate: "now" (predicted
+        better), "maybe" (on the probe schedule: it could be close, or it cannot be predicted),
+        "no"."""
         if mode == "plain":
             if b.mode == "plain":
-                return "no"
+                return "no", 0.0
             predicted = self.plain_rate(here, b.size)
-            return "now" if predicted > here.rate else "maybe" if predicted > EXPLORE * here.rate else "no"
-        if mode == "sync":  # only a tree that outlasts the verify can make sync pay
+            return ("now" if predicted > here.rate else "maybe" if predicted > EXPLORE * here.rate else "no"), predicted
+        if mode == "sync":
+            # Only SSD rounds that wait for the draft can make sync pay, and a sync round costs at
+            # least SSD's round without that wait: its rate is at most E / (R - wait), which must
+            # beat every mode measured. From plain rounds, SSD is probed first.
             ssd = b.meters.get("ssd")
-            if ssd is None or ssd.wait_s <= OVERRUN * ssd.verify_s:
-                return "no"
-            return "now" if b.mode == "ssd" else "maybe"
-        return "maybe"  # ssd, from a mode that cannot predict it
+            if b.mode != "ssd" or ssd is None or ssd.wait_s <= OVERRUN * ssd.verify_s:
+                return "no", 0.0
+            bound = ssd.tokens / max(ssd.req_rounds, 1) / max((ssd.round_s - ssd.wait_s) / ssd.rounds, 1e-9)
+            best = max([here.rate] + [m.rate for m in b.meters.values() if m.fresh])
+            if self.plain_rate(here, b.size) > bound:
+                return "no", 0.0
+            return ("now" if bound > best * (1 + MARGIN) else "no"), bound
+        return "maybe", 0.0  # ssd, from a mode that cannot predict it
 
     def plain_rate(self, here: _Meter, batch_size: int) -> float:
         """A plain round's predicted rate from a speculating mode's visit: the round without its

@@ -80,7 +80,9 @@ def test_mode_is_on_the_metrics_endpoint(server):
         if line.startswith("sglang:ssd_round_mode{"):
             labels = dict(kv.split("=", 1) for kv in line.split("{", 1)[1].split("}", 1)[0].split(","))
             modes[(labels["bucket"].strip('"'), labels["mode"].strip('"'))] = float(line.rsplit(" ", 1)[1])
-    assert modes[("bs1-1", "plain")] == 1.0 and modes[("bs1-1", "ssd")] == 0.0
+    now = server.ssd_stats()["modes"]["bs1-1"]["mode"]  # plain, or a probe of another mode
+    assert [m for (b, m), v in modes.items() if b == "bs1-1" and v == 1.0] == [now]
+    assert sum(modes[("bs1-1", m)] for m in ("ssd", "sync", "plain")) == 1.0
     assert "sglang:ssd_mode_tokens_per_second{" in text
 
 
