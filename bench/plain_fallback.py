@@ -45,6 +45,10 @@ def random_qwen_draft(tokenizer_from: Path) -> Path:
     cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers = 64, 128, 1
     cfg.num_attention_heads, cfg.num_key_value_heads = 2, 1
     cfg.tie_word_embeddings = True
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = cfg.layer_types[:1]
+    if hasattr(cfg, "max_window_layers"):
+        cfg.max_window_layers = 1
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
     tmp = out.with_name(out.name + ".partial")
@@ -71,6 +75,8 @@ def pair(name: str) -> tuple[Path, Path, list[int], list[str]]:
     tok = AutoTokenizer.from_pretrained(str(target))
     ids = tok.apply_chat_template([{"role": "user", "content": "Write a Python function that merges two "
                                     "sorted lists into one sorted list."}], add_generation_prompt=True)
+    if hasattr(ids, "keys"):  # a BatchEncoding in newer transformers
+        ids = ids["input_ids"]
     return target, random_qwen_draft(real_draft), list(ids), pairs.PAIRS["qwen-coder"].server_args()
 
 

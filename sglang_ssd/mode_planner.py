@@ -250,8 +250,10 @@ class ModePlanner:
     def _bucket(self, batch_size: int) -> _Bucket:
         key = batch_size.bit_length()
         b = self._buckets.get(key)
-        if b is None:
-            first = "ssd" if "ssd" in self.allowed else self.allowed[0]
+        if b is None:  # starts where the nearest bucket that has decided settled (else ssd)
+            decided = [(abs(k - key), x.mode) for k, x in self._buckets.items()
+                       if x.probing is None and len(x.meters) > 1]
+            first = min(decided)[1] if decided else "ssd" if "ssd" in self.allowed else self.allowed[0]
             b = self._buckets[key] = _Bucket(mode=first, size=batch_size)
             self.version += 1
         return b

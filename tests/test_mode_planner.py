@@ -131,3 +131,15 @@ def test_plain_rounds_have_no_depth_and_auto_k_keeps_working():
 def test_a_pinned_mode_must_be_known():
     with pytest.raises(ValueError, match="'fast'"):
         ModePlanner(DepthController(K, 8, False), pinned="fast")
+
+
+def test_a_new_bucket_starts_where_its_nearest_settled_neighbour_did():
+    """Batch 1 learned that plain rounds win; a batch of 4 starts there instead of relearning
+    (and still probes SSD on its own schedule)."""
+    p, w = planner(), World(WEAK)
+    for _ in range(200):
+        w.round(p, 1)
+    assert p.plan(1)[0] == "plain"
+    assert p.plan(4) == ("plain", 0)
+    seen = [w.round(p, 4) for _ in range(30 * EVERY)]
+    assert seen[: 2 * EVERY] == ["plain"] * (2 * EVERY) and "ssd" in seen
