@@ -40,7 +40,3 @@ def seeded_first_token(req) -> bool:
     return (req.sampling_params.sampling_seed is not None and sampling_of(req) is not None
             and getattr(req, "grammar", None) is None and not req.return_logprob)
 
-
-def unseeded_sampled(req) -> bool:
-    """A sampled request without a seed: in a round without drafts SGLang's sampler serves it."""
-    return sampling_of(req) is not None and req.sampling_params.sampling_seed is None

@@ -36,7 +36,7 @@ from sglang_ssd.fanout import resolve_fanout
 from sglang_ssd.grammar import apply_chain_mask, speculated_grammar_mask
 from sglang_ssd.mode_planner import ModePlanner
 from sglang_ssd.qlaw import unpack as unpack_q
-from sglang_ssd.request_view import begin_of, sampling_of, seeded_first_token, unseeded_sampled
+from sglang_ssd.request_view import begin_of, sampling_of, seeded_first_token
 from sglang_ssd.target_verify import (prepare_verify, sample_first_position, seeded_first_tokens,
                                       spec_logprobs)
 from sglang_ssd.verify import accept_chain, accept_sampled_rows, plain_path_reason
@@ -352,7 +352,9 @@ class SSDWorker(BaseSpecWorker):
         gmask, grammar_rows = speculated_grammar_mask(batch.reqs, drafts, reasons,
                                                       int(batch.sampling_info.vocab_size))
         # Without drafts an unseeded sampled request is SGLang's sampler's to serve, like a plain-path one.
-        plain_rows = [r is not None or (k == 0 and unseeded_sampled(q)) for r, q in zip(reasons, batch.reqs)]
+        laws = [sampling_of(r) for r in batch.reqs]  # once per request per round (None: greedy)
+        plain_rows = [r is not None or (k == 0 and law is not None and law.seed is None)
+                      for r, law in zip(reasons, laws)]
         plain = torch.tensor(plain_rows, dtype=torch.bool, device=self.device)
         plain_tokens = torch.zeros(bs, dtype=torch.int64, device=self.device)
         if bool(plain.any()):
@@ -360,7 +362,7 @@ class SSDWorker(BaseSpecWorker):
         if gmask is not None:  # after the plain rows' sampler, which masks by itself
             apply_chain_mask(logits, *gmask)
         res = accept_chain(drafts, logits, plain, plain_tokens)
-        sampled = [i for i, r in enumerate(batch.reqs) if not plain[i] and sampling_of(r) is not None]
+        sampled = [i for i, law in enumerate(laws) if not plain_rows[i] and law is not None]
         if sampled:
             res = accept_sampled_rows(batch.reqs, batch.seq_lens.tolist(), drafts, logits, qs, sampled, res)
         if self.tp_group is not None and self.tp_group.world_size > 1:
