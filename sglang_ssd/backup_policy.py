@@ -74,6 +74,11 @@ class BackupPolicy:
         if source in self.tokens:
             self.tokens[source].add(float(emitted))
 
+    @property
+    def hit_tokens(self) -> float:
+        """Measured tokens a round emits after a (whole) hit."""
+        return self.tokens["hit"].value
+
     def observe_neural(self, misses: int, seconds: float) -> None:
         s = self._s
         for i, x in enumerate((1.0, misses, seconds, misses * misses, misses * seconds)):

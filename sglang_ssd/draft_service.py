@@ -164,23 +164,28 @@ class DraftService:
                                backup_threshold=spec.backup_threshold(), last_round=self.last_round),
         )), predraft
 
-    def answer_mid_tree(self, raw: bytes) -> Optional[bytes]:
-        """The reply to a Step that only asks for first speculations (outcomes with k = -1: the
-        worker's first decode round after a Begin), which the tree in progress does not touch;
-        None for anything else, which waits until the tree is done. Answering it at once lets the
-        target's first verify overlap the first tree instead of waiting for it."""
+    def answer_mid_tree(self, raw: bytes, may_answer: bool = True) -> tuple[Optional[bytes], bool]:
+        """(reply, outcome waiting) for a Step that arrives between tree steps. A Step that only
+        asks for first speculations (outcomes with k = -1: the worker's first decode round after
+        a Begin), which the tree in progress does not touch, is answered at once: the target's
+        first verify overlaps the first tree instead of waiting for it. Anything else waits for
+        the tree (reply None); whether it brings outcomes the worker waits on says whether the
+        tree may be cut short for it (Speculator.worth_stopping). may_answer False: an earlier
+        Step is already waiting, and replies keep the order of their Steps."""
         try:
             msg = wire.decode_to_draft(raw)
         except wire.WireError:
-            return None
+            return None, False
         spec = self.spec
-        if (not isinstance(msg, wire.Step) or spec is None or not msg.reply or msg.begins or msg.releases
-                or msg.warm or not msg.outcomes or msg.round <= self.last_round
-                or msg.depth not in (0, spec.depth) or any(o.k != -1 for o in msg.outcomes)):
-            return None
-        return self.handle(raw)[0]
+        if not isinstance(msg, wire.Step) or spec is None or msg.round <= self.last_round:
+            return None, False
+        waiting = msg.reply and any(o.k >= 0 for o in msg.outcomes)
+        if (not may_answer or not msg.reply or msg.begins or msg.releases or msg.warm or not msg.outcomes
+                or msg.depth not in (0, spec.depth) or waiting):
+            return None, waiting
+        return self.handle(raw)[0], False
 
-    def speculate(self, between: Optional[Callable[[], None]] = None) -> None:
+    def speculate(self, between: Optional[Callable[[], bool]] = None) -> None:
         try:
             self.spec.speculate(between)
         except PoolFullError as e:
@@ -200,17 +205,23 @@ def serve(sock: zmq.Socket, service: DraftService, alive: Callable[[], bool] = l
     """Run until Shutdown (when `exit_on_shutdown`) or until `alive()` turns False."""
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
-    pending: list[bytes] = []  # received mid-tree, handled once the tree is done
+    pending: list[bytes] = []  # received mid-tree, handled once the tree is done (or stopped)
+    # When the last reply left, and the worker's cycle without waiting: from that reply to a
+    # Step it waits on (seen mid-tree, at the end of a tree step: an upper bound, so cautious).
+    sent_at, cycle = [time.perf_counter()], [0.0]
 
-    def between() -> None:
-        if pending or not sock.poll(0, zmq.POLLIN):
-            return
-        raw = sock.recv()
-        reply = service.answer_mid_tree(raw)
-        if reply is None:
-            pending.append(raw)
-        else:
-            sock.send(reply)
+    def between() -> bool:
+        while sock.poll(0, zmq.POLLIN):
+            raw = sock.recv()
+            reply, waits = service.answer_mid_tree(raw, may_answer=not pending)  # answers keep order
+            if waits and not cycle[0]:
+                cycle[0] = time.perf_counter() - sent_at[0]
+            if reply is None:
+                pending.append(raw)
+            else:
+                sock.send(reply)
+                sent_at[0] = time.perf_counter()
+        return cycle[0] > 0 and service.spec.worth_stopping(cycle[0])
 
     while True:
         if pending:
@@ -232,5 +243,7 @@ def serve(sock: zmq.Socket, service: DraftService, alive: Callable[[], bool] = l
             continue
         if reply is not None:
             sock.send(reply)
+            sent_at[0] = time.perf_counter()
         if draft_now:
+            cycle[0] = 0.0
             service.speculate(between)

@@ -26,6 +26,7 @@ COUNTERS = {
     "ssd_handoff_seconds": ("handoff_s", "Waiting time not spent in the draft's lookup: transport and decoding."),
     "ssd_draft_tree_seconds": ("draft_tree_s", "Draft time spent pre-drafting speculation trees."),
     "ssd_draft_overrun_seconds": ("draft_overrun_s", "Waiting for a draft tree that outlasted the target's verify."),
+    "ssd_partial_answers": ("partial_answers", "Hits answered from a draft tree stopped before it was done."),
     "ssd_fallback_steps": ("draft_failures", "Decode steps served without the draft (dead, late or restarting)."),
     "ssd_draft_restarts": ("draft_restarts", "Times the draft was restarted or reconnected."),
     "ssd_refusals": ("refusals", "Requests the draft refused (then served exactly without it)."),

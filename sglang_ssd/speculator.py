@@ -9,8 +9,7 @@ One round for a request whose last speculation was S = x_1..x_K after pending to
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -18,53 +17,20 @@ from sglang_ssd import qlaw
 from sglang_ssd.backup import ngram_propose
 from sglang_ssd.backup_policy import BackupPolicy
 from sglang_ssd.draft_model import DraftModel
+from sglang_ssd.draft_seq import Chain, DraftSeq, to_spec
 from sglang_ssd.fanout import FanoutEstimator
 from sglang_ssd.forking import ranked_candidates
 from sglang_ssd.grammar import (DraftGrammars, accept_all, begin_matcher, fill_masks, glue_states, mask_logits,
                                 model_path_of)
+from sglang_ssd.partial_tree import complete, worth_stopping
 from sglang_ssd.prefix_cache import PrefixCache, prefill_into_cache
 from sglang_ssd.proposals import propose, seeded_scores
 from sglang_ssd.tree_budget import BudgetPlanner, plan_budget
-from sglang_ssd.wire import Begin, Outcome, Plan, Refusal, Sampling, Spec
+from sglang_ssd.wire import Begin, Outcome, Plan, Refusal, Spec
 
 
 class RequestRefused(ValueError):
     """This request cannot be speculated for (bad ids, lengths or round); the worker serves it plainly."""
-
-
-@dataclass
-class DraftSeq:
-    rid: str
-    tokens: list[int]  # committed context (prompt + accepted), pending token excluded
-    slots: list[int] = field(default_factory=list)  # KV slots of tokens[:len(slots)]
-    pending: int = 0
-    spec: list[int] = field(default_factory=list)  # the speculation last sent for `pending`
-    glue_slots: list[int] = field(default_factory=list)  # KV of [pending] + spec, once glued
-    cache: dict = field(default_factory=dict)  # (k, t*) -> (tokens, q')
-    sampling: Optional[Sampling] = None  # None: greedy
-    spec_q: Optional[qlaw.CompactQ] = None  # the law q' the spec was drawn from (sampled only)
-    ranked: list = field(default_factory=list)  # per glue position: the draft's ranked candidates
-    matcher: Any = None  # grammar state after tokens[grammar_start:] + [pending]; None: unmasked
-    source: str = "neural"  # where `spec` came from: hit / neural / fast (the backup policy learns)
-    shared: int = 0  # slots[:shared] belong to the prefix cache (a locked path), the rest to us
-    node: Any = None  # the prefix cache node locked for slots[:shared]
-
-
-@dataclass
-class _Chain:
-    """A sequence of K greedy draft steps from `first` over a fixed context of slots."""
-
-    context: list[int]
-    first: int
-    first_pos: int
-    sampling: Optional[Sampling] = None
-    slots: list[int] = field(default_factory=list)
-    out: list[int] = field(default_factory=list)
-    qs: list = field(default_factory=list)  # compact q' rows (ids, probs), sampled chains only
-    matcher: Any = None  # grammar state after `first` and out; None: unmasked
-
-    def q(self) -> Optional[qlaw.CompactQ]:
-        return qlaw.CompactQ(self.qs) if self.qs else None
 
 
 class Speculator:
@@ -96,6 +62,7 @@ class Speculator:
         self.grammars = DraftGrammars(model_path_of(model), int(model.vocab_size))
         self.policy = BackupPolicy(backup, backup_batch_threshold, k)
         self.last_backup, self.last_misses = "", 0
+        self._progress = (0, 0.0)  # (steps done, last step's seconds) of the tree in progress
 
     @property
     def verify_s(self) -> float:
@@ -228,9 +195,10 @@ class Speculator:
                     if len(seq.tokens) != o.committed_len:
                         raise RequestRefused(f"committed length {o.committed_len} from the target, "
                                              f"draft has {len(seq.tokens)}")
+                    seq.partial = 0
                     if len(seq.spec) >= self.depth:
                         seq.spec, seq.spec_q = self._cut(seq.spec, seq.spec_q)
-                        specs[o.rid] = _spec(seq, hit=False)
+                        specs[o.rid] = to_spec(seq, hit=False)
                     else:  # drafted at begin before K grew: draft it again at this depth
                         missed.append((seq, seq.pending))
                     continue
@@ -242,13 +210,17 @@ class Speculator:
             self._observe(seq, o)
             self.policy.observe_tokens(seq.source, o.k + 1)
             hit = seq.cache.get((o.k, o.t_star))
-            if hit is not None and len(hit[0]) < self.depth:  # pre-drafted before K grew
+            if hit is not None and not hit[0]:  # its tree stopped before drafting anything
                 hit = None
             self.policy.observe_lookup(hit is not None)
+            seq.partial = 0
             if hit is not None:
+                if len(hit[0]) < self.depth:  # a tree stopped early (or K grew since): complete it
+                    seq.partial = len(hit[0])
+                    hit = complete(*hit, seq.tokens + [seq.pending], self.depth)
                 seq.spec, seq.spec_q = self._cut(*hit)
-                seq.source = "hit"
-                specs[o.rid] = _spec(seq, hit=True)
+                seq.source = "partial" if seq.partial else "hit"
+                specs[o.rid] = to_spec(seq, hit=True)
             else:
                 missed.append((seq, o.t_star))
             seq.cache = {}
@@ -261,9 +233,9 @@ class Speculator:
             else:
                 drafts = self._neural(missed)
             for (seq, _), (toks, q) in zip(missed, drafts):
-                seq.spec, seq.spec_q = toks, q
+                seq.spec, seq.spec_q, seq.partial = toks, q, 0
                 seq.source = kind
-                specs[seq.rid] = _spec(seq, hit=False)
+                specs[seq.rid] = to_spec(seq, hit=False)
             self.last_backup = kind
         backup_s = time.perf_counter() - t0
         if self.last_backup == "neural":
@@ -301,9 +273,11 @@ class Speculator:
         if seq.matcher is not None and not accept_all(seq.matcher, emitted):
             seq.matcher = None  # out of step with the target's grammar: draft unmasked from now
 
-    def speculate(self, between: Optional[Callable[[], None]] = None) -> None:
+    def speculate(self, between: Optional[Callable[[], bool]] = None) -> None:
         """Glue every live speculation, fork its likely outcomes and pre-draft them. `between` runs
-        after each forward (the draft service answers first speculations there, mid-tree)."""
+        after each forward (the draft service answers first speculations there, mid-tree); when it
+        returns True after a tree step the tree stops there, its branches as deep as they got
+        (partial_tree.py)."""
         t0 = time.perf_counter()
         self.last_tree_s, self.last_tree_depth = 0.0, 0
         k = self.depth  # a speculation of another length (K changed) misses and gets a backup
@@ -350,14 +324,20 @@ class Speculator:
                         m = states[j].fork()
                         if not accept_all(m, [c]):
                             m = None
-                    chains.append(_Chain(context=s.slots + s.glue_slots[: j + 1], first=c,
-                                         first_pos=len(s.tokens) + j + 1, sampling=s.sampling,
-                                         matcher=m))
+                    chains.append(Chain(context=s.slots + s.glue_slots[: j + 1], first=c,
+                                        first_pos=len(s.tokens) + j + 1, sampling=s.sampling,
+                                        matcher=m))
                     owners.append((s, j, c))
-        self._run_chains(chains, between)
+        done = self._run_chains(chains, between)
         for (s, j, c), ch in zip(owners, chains):
             s.cache[(j, c)] = (ch.out, ch.q())
-        self.last_tree_s, self.last_tree_depth = time.perf_counter() - t0, k
+        self.last_tree_s, self.last_tree_depth = time.perf_counter() - t0, done
+
+    def worth_stopping(self, cycle_s: float) -> bool:
+        """Whether the tree in progress should stop now that the worker's outcome is waiting, its
+        round taking `cycle_s` (at least its verify) when it does not wait for the draft."""
+        done, step_s = self._progress
+        return worth_stopping(done, self.depth, step_s, max(cycle_s, self.verify_s), self.policy.hit_tokens)
 
     def drop_speculation(self) -> None:
         """Forget this round's glue and cache (pool pressure): the next lookups miss."""
@@ -425,19 +405,22 @@ class Speculator:
     def _neural(self, items: list[tuple[DraftSeq, int]]) -> list[tuple[list[int], Optional[torch.Tensor]]]:
         """Just-in-time drafting: K steps from the true context (seq committed + t)."""
         self._ensure_kv([s for s, _ in items])
-        chains = [_Chain(context=list(s.slots), first=t, first_pos=len(s.tokens), sampling=s.sampling,
-                         matcher=s.matcher.fork() if s.matcher is not None else None)
+        chains = [Chain(context=list(s.slots), first=t, first_pos=len(s.tokens), sampling=s.sampling,
+                        matcher=s.matcher.fork() if s.matcher is not None else None)
                   for s, t in items]
         self._run_chains(chains)
         return [(c.out, c.q()) for c in chains]
 
-    def _run_chains(self, chains: list[_Chain], between: Optional[Callable[[], None]] = None) -> None:
-        """K batched forwards (`between` runs after each); every chain's scratch KV is freed afterwards."""
+    def _run_chains(self, chains: list[Chain], between: Optional[Callable[[], bool]] = None) -> int:
+        """Up to K batched forwards (`between` runs after each, and stops them by returning True);
+        the steps run. Every chain's scratch KV is freed afterwards."""
         if not chains:
-            return
+            return 0
+        self._progress = (0, 0.0)
         try:
             cur = [c.first for c in chains]
             for step in range(self.depth):
+                t_step = time.perf_counter()
                 new = self.prefix.alloc(len(chains))
                 for c, s in zip(chains, new):
                     c.slots.append(s)
@@ -457,15 +440,11 @@ class Speculator:
                     if c.matcher is not None and not accept_all(c.matcher, [t]):
                         c.matcher = None
                 cur = nxt
-                if between is not None:
-                    between()
+                self._progress = (step + 1, time.perf_counter() - t_step)
+                if between is not None and between() and step + 1 < self.depth:
+                    return step + 1
+            return self.depth
         finally:
             for c in chains:
                 self.model.pool.free(c.slots)
 
-
-def _spec(seq: DraftSeq, hit: bool) -> Spec:
-    if seq.spec_q is None:
-        return Spec(rid=seq.rid, hit=hit, tokens=list(seq.spec))
-    probs, ids, counts = seq.spec_q.pack()
-    return Spec(rid=seq.rid, hit=hit, tokens=list(seq.spec), q=probs, q_ids=ids, q_counts=counts)

@@ -35,6 +35,8 @@ class SSDStats:
     predicted_hit: Optional[float] = None  # the time-sized budget's predicted hit rate and tree time
     tree_pred_ms: Optional[float] = None
     draft_overrun_s: float = 0.0  # wait for a draft tree that outlasted the verify
+    partial_answers: int = 0  # hits answered from a tree stopped early (partial_tree.py)
+    partial_drafted: int = 0  # ... and the tokens of theirs the draft model drafted
     handoff_s: float = 0.0  # the rest of the wait beyond the draft's lookup: transport, decoding
     backup_neural: int = 0  # rounds whose misses the neural backup answered
     backup_fast: int = 0
@@ -76,6 +78,21 @@ class SSDStats:
             if h is not None:
                 self.lookups += 1
                 self.hits += int(h)
+
+    def record_partial(self, drafted: list[int]) -> None:
+        """Each answer's drafted depth when its tree was stopped early (0: a whole answer)."""
+        for d in drafted:
+            if d:
+                self.partial_answers += 1
+                self.partial_drafted += d
+
+    def record_reasons(self, reasons, grammar_rows, ks) -> None:
+        """Plain-path rounds by reason, and speculated grammar rounds."""
+        for r in reasons:
+            if r is not None:
+                self.plain_reasons[r] = self.plain_reasons.get(r, 0) + 1
+        self.grammar_spec_rounds += len(grammar_rows)
+        self.grammar_accepted += sum(ks[i] for i in grammar_rows)
 
     def record_refusal(self, reason: str) -> None:
         self.refusals += 1
@@ -134,6 +151,7 @@ class SSDStats:
         d["resync_ms_per_request"] = 1e3 * self.resync_s / self.resyncs if self.resyncs else None
         d["accept_length"] = self.emitted / self.spec_rounds if self.spec_rounds else None
         d["cache_hit_rate"] = self.hits / self.lookups if self.lookups else None
+        d["partial_depth_mean"] = self.partial_drafted / self.partial_answers if self.partial_answers else None
         d["draft_wait_ms_per_step"] = 1e3 * self.draft_wait_s / self.steps if self.steps else None
         d["handoff_ms_per_step"] = 1e3 * self.handoff_s / self.steps if self.steps else None
         d["draft_tree_ms_per_step"] = 1e3 * self.draft_tree_s / self.steps if self.steps else None

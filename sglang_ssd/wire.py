@@ -13,7 +13,7 @@ from typing import Optional, Union
 import msgspec
 
 
-PROTOCOL_VERSION = 3  # 2: compact q' (Spec.q_ids, q_counts); 3: Step.predraft (sync rounds)
+PROTOCOL_VERSION = 4  # 2: compact q' (Spec.q_ids, q_counts); 3: Step.predraft (sync rounds); 4: Spec.partial
 # Larger messages are dropped by ZeroMQ before they are read (ZMQ_MAXMSGSIZE): a Step carries
 # prompts and outcomes, so 256 MiB is far beyond any real one.
 MAX_TO_DRAFT_BYTES = 256 << 20
@@ -97,7 +97,9 @@ class Step(msgspec.Struct, tag="step", frozen=True):
 class Spec(msgspec.Struct, frozen=True):
     """The next speculation. For sampled requests the compact law q' the K tokens were drawn from
     (qlaw.py): row i holds q_counts[i] entries, token ids in q_ids (little-endian int32) and their
-    probabilities in q (float32), rows one after another; all empty for greedy requests."""
+    probabilities in q (float32), rows one after another; all empty for greedy requests.
+    partial > 0: a hit answered before its tree was done; only tokens[:partial] were drafted by
+    the model, the rest by the n-gram backup (partial_tree.py)."""
 
     rid: str
     hit: bool
@@ -105,6 +107,7 @@ class Spec(msgspec.Struct, frozen=True):
     q: bytes = b""
     q_ids: bytes = b""
     q_counts: list[int] = []
+    partial: int = 0
 
 
 class Refusal(msgspec.Struct, frozen=True):

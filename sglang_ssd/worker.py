@@ -37,7 +37,7 @@ from sglang_ssd.grammar import apply_chain_mask, speculated_grammar_mask
 from sglang_ssd.mode_planner import ModePlanner
 from sglang_ssd.qlaw import unpack as unpack_q
 from sglang_ssd.request_view import begin_of, sampling_of, seeded_first_token
-from sglang_ssd.target_verify import (prepare_verify, sample_first_position, seeded_first_tokens,
+from sglang_ssd.target_verify import (decode_forward, prepare_verify, replays_graphs, sample_first_position, seeded_first_tokens,
                                       spec_logprobs)
 from sglang_ssd.verify import accept_chain, accept_sampled_rows, plain_path_reason
 
@@ -257,6 +257,7 @@ class SSDWorker(BaseSpecWorker):
             self.stats.round_resyncs += 1
         elif reply is not None:
             specs = {s.rid: s for s in reply.specs if len(s.tokens) == k}
+            self.stats.record_partial([s.partial for s in specs.values()])
             tree = (reply.times.tree_s, reply.times.depth)
             for r in reply.refusals:
                 logger.warning("SSD draft refused request %s, serving it without the draft: %s",
@@ -336,9 +337,13 @@ class SSDWorker(BaseSpecWorker):
         drafts, k, qs, hits, wait, tree = self._drafts(batch, mode, k)
         n = k + 1
 
-        prepare_verify(batch, drafts, self.device)
         t0 = time.perf_counter()
-        result = self.target_worker.forward_batch_generation(batch, is_verify=True)
+        if k == 0 and not replays_graphs(self.model_runner):
+            result = decode_forward(self.target_worker, batch, drafts)
+        else:
+            prepare_verify(batch, drafts, self.device)
+            t0 = time.perf_counter()
+            result = self.target_worker.forward_batch_generation(batch, is_verify=True)
         if torch.cuda.is_available() and str(self.device).startswith("cuda"):
             torch.cuda.synchronize()  # the verify time is the kernels', not their launch
         took = time.perf_counter() - t0
@@ -383,7 +388,7 @@ class SSDWorker(BaseSpecWorker):
         if self.metrics is not None:
             self.metrics.publish(self.stats)
         self.stats.round_s += time.perf_counter() - t_round
-        self._record_reasons(reasons, grammar_rows, res.k)
+        self.stats.record_reasons(reasons, grammar_rows, res.k)
         logits_output.customized_info = {
             "ssd_accepted": list(res.k),
             "ssd_hit": [(-1 if h is None else int(h)) for h in hits],
@@ -416,12 +421,3 @@ class SSDWorker(BaseSpecWorker):
             if depth.auto:
                 self.stats.auto_k = depth.table()
             self.stats.modes = self.planner.table()
-
-    def _record_reasons(self, reasons, grammar_rows, ks) -> None:
-        """Plain-path rounds by reason, and speculated grammar rounds, in the SSD statistics."""
-        st = self.stats
-        for r in reasons:
-            if r is not None:
-                st.plain_reasons[r] = st.plain_reasons.get(r, 0) + 1
-        st.grammar_spec_rounds += len(grammar_rows)
-        st.grammar_accepted += sum(ks[i] for i in grammar_rows)

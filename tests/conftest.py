@@ -88,16 +88,19 @@ def hf_target(models):
     return AutoModelForCausalLM.from_pretrained(str(models["target"]), dtype=torch.float32).eval()
 
 
-def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
-    """Hugging Face greedy decoding without EOS handling (the servers run with ignore_eos)."""
+def hf_greedy(model, prompt: list[int], n: int, frequency_penalty: float = 0.0) -> list[int]:
+    """Hugging Face greedy decoding without EOS handling (the servers run with ignore_eos);
+    frequency_penalty as SGLang defines it: minus penalty x count of each token in the output."""
     import torch
 
     out, past, inp = [], None, torch.tensor([prompt])
+    counts = torch.zeros(model.config.vocab_size)
     with torch.no_grad():
         for _ in range(n):
             res = model(inp, past_key_values=past, use_cache=True)
             past = res.past_key_values
-            t = int(res.logits[0, -1].argmax())
+            t = int((res.logits[0, -1].float() - frequency_penalty * counts).argmax())
+            counts[t] += 1
             out.append(t)
             inp = torch.tensor([[t]])
     return out

@@ -119,6 +119,32 @@ def test_compact_q_law_is_exact(small, hf, draft, c, temp, top_k, top_p, backup,
     assert spec.model.pool.num_used == 0
 
 
+PARTIAL_CASES = [
+    # draft, C, temperature, top_k, top_p, backup, seeded
+    ("target", 1.0, 1.0, 4, 1.0, "neural", False),
+    ("other", 0.3, 0.6, 6, 0.8, "adaptive", False),
+    ("target", 1.0, 1.0, 5, 1.0, "fast", True),
+]
+
+
+@pytest.mark.parametrize("draft,c,temp,top_k,top_p,backup,seeded", PARTIAL_CASES)
+def test_stopped_trees_are_exact(small, hf, draft, c, temp, top_k, top_p, backup, seeded):
+    """Every tree stops after one step (partial_tree.py): hits carry one drafted token and an
+    n-gram tail whose q' rows are one-hot. Same N, tests and false-failure bound as above."""
+    target = TargetProbs(hf, temp, top_k, top_p)
+    exact = target.exact(PROMPT, LENGTH)
+    spec = _speculator(small[draft], c, backup)
+    samples, hits, lookups = sample_ssd(spec, target, PROMPT, N, LENGTH, stop_trees=True,
+                                        seeds=range(N) if seeded else None)
+    for sl in (slice(0, 3), slice(3, 5)):
+        stat, crit = chi_square([x[sl] for x in samples], _project(exact, sl), alpha=5e-5)
+        assert stat < crit, f"tokens {sl}: chi2={stat:.1f} >= {crit:.1f}"
+    if draft == "target":
+        assert hits > 0  # partial hits were served, not only backups
+    spec.prefix.clear()
+    assert spec.model.pool.num_used == 0
+
+
 SEEDED_CASES = [
     # draft, temperature, top_k, top_p, backup
     ("target", 1.0, 4, 1.0, "neural"),

@@ -87,7 +87,7 @@ def test_mode_is_on_the_metrics_endpoint(server):
 
 
 @pytest.mark.parametrize("mode", ["plain", "sync"])
-def test_a_pinned_mode_serves_every_round_exactly(models, log_dir, hf_target, mode):
+def test_a_pinned_mode_serves_every_round_exactly(models, log_dir, hf_target, servers, mode):
     """--ssd-mode plain: the draft never builds a tree; sync: it drafts each round just in time
     (no lookups counted). Both exact, alone and batched."""
     from sglang_ssd.testing.server import CPUServer
@@ -104,5 +104,39 @@ def test_a_pinned_mode_serves_every_round_exactly(models, log_dir, hf_target, mo
         if mode == "plain":
             assert st["draft_tree_s"] == 0 and st["spec_rounds"] == 0
             assert all(k == 0 for o in outs for k in o["meta_info"]["ssd_accepted"])
+            _plain_rounds_serve_what_sglang_serves(srv, servers.get("plain"), hf_target)
         else:  # the self-draft is accepted in full, drafted at each round
             assert st["accept_length"] > K and st["lookups"] == 0 and st["draft_tree_s"] == 0
+
+
+def _plain_rounds_serve_what_sglang_serves(srv, plain, hf_target):
+    """Plain rounds are SGLang DECODE forwards: batched with logprobs (prompt and top) and a
+    regex, every output, logprob and top-logprob id is the non-speculative server's; a
+    frequency penalty's output is the penalty's own law (Hugging Face with the penalty: under
+    this concurrency SGLang's plain server drifts from it, so it is not the reference there)."""
+    base = {"temperature": 0, "max_new_tokens": 14, "ignore_eos": True}
+    penalized = dict(base, frequency_penalty=0.7)
+    cases = [
+        (PROMPTS[0], base, dict(return_logprob=True, logprob_start_len=0, top_logprobs_num=3)),
+        (PROMPTS[1], penalized, {}),
+        (PROMPTS[2], {"temperature": 0, "max_new_tokens": 9, "regex": "(ab|cd)+x"}, {}),
+        (PROMPTS[3], dict(base, max_new_tokens=20), dict(return_logprob=True)),
+    ]
+
+    def both(case):
+        p, sp, extra = case
+        return srv.generate(p, sp, **extra), plain.generate(p, sp, **extra)
+
+    with ThreadPoolExecutor(4) as ex:
+        pairs = list(ex.map(both, cases))
+    assert pairs[1][0]["output_ids"] == hf_greedy(hf_target, PROMPTS[1], 14, frequency_penalty=0.7)
+    for i, ((a, b), (_, _, extra)) in enumerate(zip(pairs, cases)):
+        if i != 1:
+            assert (i, a["output_ids"]) == (i, b["output_ids"])
+        if extra:
+            ma, mb = a["meta_info"], b["meta_info"]
+            for key in ("input_token_logprobs", "output_token_logprobs"):
+                assert [x[1] for x in ma[key]] == [x[1] for x in mb[key]]
+                assert [x[0] for x in ma[key]] == pytest.approx([x[0] for x in mb[key]], abs=1e-4)
+    top_a, top_b = pairs[0][0]["meta_info"]["output_top_logprobs"], pairs[0][1]["meta_info"]["output_top_logprobs"]
+    assert [[t[1] for t in row] for row in top_a] == [[t[1] for t in row] for row in top_b]

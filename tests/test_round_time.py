@@ -189,7 +189,7 @@ def test_cpu_draft_dtype_default(models, monkeypatch):
 def test_first_speculation_is_answered_mid_tree(models):
     """The worker's first decode round after a Begin (outcome k = -1) is answered between tree
     steps, with the speculation the tree is being built for; the tree then completes as if
-    nothing happened. A Step with a real outcome waits for the tree (None mid-tree)."""
+    nothing happened. A Step with a real outcome is not answered mid-tree: it waits, and says so."""
     from sglang_ssd.draft_model import DraftModel
     from sglang_ssd.draft_service import DraftService
 
@@ -205,8 +205,10 @@ def test_first_speculation_is_answered_mid_tree(models):
 
     def between():
         if not answers:
-            assert svc.answer_mid_tree(later) is None  # a real outcome needs the finished tree
-            answers.append(wire.decode_from_draft(svc.answer_mid_tree(first)))
+            assert svc.answer_mid_tree(later) == (None, True)  # a real outcome waits (or stops the tree)
+            reply, waiting = svc.answer_mid_tree(first)
+            assert not waiting
+            answers.append(wire.decode_from_draft(reply))
 
     svc.speculate(between)
     reply = answers[0]
@@ -228,3 +230,124 @@ def test_a_small_draft_pool_still_opens_a_time_sized_session(models):
                                 fanout_budget=6, auto_budget=True))
     assert ready.k == 3 and svc.spec.planner is not None
     assert max(svc.cost.ns) <= 256 - 64 and model.pool.num_used == 0
+
+
+# ---- answering before the tree is done (partial_tree.py) ----------------------------------------
+def test_stop_the_tree_only_when_answering_now_serves_more_tokens_per_second():
+    from sglang_ssd.partial_tree import MARGIN, acceptance_of, expected_tokens, worth_stopping
+
+    assert expected_tokens(1.0, 3) == 4 and expected_tokens(0.0, 3) == 1
+    assert expected_tokens(0.5, 2) == pytest.approx(1.75)
+    assert acceptance_of(1.75, 2) == pytest.approx(0.5, abs=1e-6) and acceptance_of(5.0, 4) > 0.999
+    # a perfect draft (5 tokens a hit), K = 4, one step done, steps as long as the round: 2 tokens
+    # now per 1 s against 5 per 4 s: stop; steps of a tenth of the round: 2 against 5 / 1.3: wait
+    assert worth_stopping(1, 4, 1.0, 1.0, 5.0)
+    assert not worth_stopping(1, 4, 0.1, 1.0, 5.0)
+    # right at the break-even point the margin keeps the tree: (d+1)(R + (K-d)s) = MARGIN (K+1) R
+    s = (MARGIN * 5 / 2 - 1) / 3
+    assert not worth_stopping(1, 4, s * 0.99, 1.0, 5.0) and worth_stopping(1, 4, s * 1.01, 1.0, 5.0)
+    # a weak draft (a = 0.3) gains little from depth: it stops where a perfect one waits
+    weak = expected_tokens(0.3, 4)
+    assert worth_stopping(1, 4, 0.3, 1.0, weak) and not worth_stopping(1, 4, 0.3, 1.0, 5.0)
+    # nothing drafted yet, tree done, or nothing measured: never
+    assert not any(worth_stopping(d, 4, 1.0, 1.0, 5.0) for d in (0, 4))
+    assert not worth_stopping(1, 4, 1.0, 0.0, 5.0) and not worth_stopping(1, 4, 0.0, 1.0, 5.0)
+
+
+def test_a_partial_branch_is_completed_by_the_backup_with_one_hot_rows():
+    import torch
+
+    from sglang_ssd.backup import ngram_propose
+    from sglang_ssd.partial_tree import complete
+    from sglang_ssd.qlaw import CompactQ
+
+    ctx = [1, 2, 3, 4, 1, 2]
+    toks, q = complete([3], None, ctx, 3)
+    assert toks == [3] + ngram_propose(ctx + [3], 2) == [3, 4, 1] and q is None
+    row = (torch.tensor([3, 9]), torch.tensor([0.75, 0.25]))
+    toks, q = complete([3], CompactQ([row]), ctx, 3)
+    dense = q.dense(12)
+    assert dense.shape == (3, 12) and dense[0, 3] == 0.75 and dense[0, 9] == 0.25
+    assert dense[1, 4] == 1.0 and dense[2, 1] == 1.0 and bool((dense.sum(1) == 1).all())
+
+
+def test_a_stopped_tree_answers_its_hit_with_a_shorter_drafted_speculation(draft, hf_target):
+    """Stopped after one step, the tree still holds every fork, each one token deep; a hit is
+    answered with that token (the draft's own, as the whole tree would have it) and K - 1 n-gram
+    tokens, marked partial = 1, and counted as a hit. A miss gets the backup as before."""
+    from conftest import hf_greedy
+    from sglang_ssd.speculator import Speculator
+
+    k, prompt, t = 3, [5, 6, 7, 8, 9], 10
+    greedy = hf_greedy(hf_target, prompt + [t], 2 * k + 2)  # the self-draft's continuation
+    sp = Speculator(draft, k, [2, 2, 2, 2], "neural", 8)
+    sp.begin([wire.Begin(rid="r", prompt=prompt, pending=t)])
+    spec = sp.lookup([wire.Outcome(rid="r", k=-1, t_star=t, committed_len=len(prompt))])[0][0]
+    assert spec.tokens == greedy[:k] and spec.partial == 0
+    calls = []
+    sp.speculate(lambda: calls.append(1) or True)  # stop as soon as allowed
+    assert len(calls) == 2 and sp.last_tree_depth == 1  # after the glue (ignored) and step 1
+    seq = sp.seqs["r"]
+    assert len(seq.cache) == 8 and all(len(v[0]) == 1 for v in seq.cache.values())
+    committed = len(prompt) + 1 + k
+    got = sp.lookup([wire.Outcome(rid="r", k=k, t_star=greedy[k], committed_len=committed)])[0][0]
+    assert got.hit and got.partial == 1 and len(got.tokens) == k
+    assert got.tokens[0] == greedy[k + 1]
+    sp.speculate()  # a whole tree from the partial speculation: its next lookups are whole again
+    assert sp.last_tree_depth == k
+    t_miss = next(x for x in range(3, 300) if (0, x) not in seq.cache)
+    miss = sp.lookup([wire.Outcome(rid="r", k=0, t_star=t_miss, committed_len=committed + 1)])[0][0]
+    assert not miss.hit and miss.partial == 0 and len(miss.tokens) == k
+    sp.release(["r"])
+    sp.prefix.clear()
+    assert draft.pool.num_used == 0
+
+
+def test_the_draft_service_stops_its_tree_for_a_waiting_round(models, hf_target):
+    """Through serve() over a real socket: the outcome Step that arrives while the tree is being
+    built (right after the reply before it: a worker cycle far shorter than a tree step, so
+    answering now wins) is answered from the tree cut short, with a hit drafted partway and
+    completed; the reply's tree depth says how deep."""
+    import threading
+
+    import zmq
+
+    from conftest import hf_greedy
+    from sglang_ssd.draft_model import DraftModel
+    from sglang_ssd.draft_service import DraftService, serve
+
+    k, prompt, t = 4, [5, 6, 7, 8, 9], 10
+    greedy = hf_greedy(hf_target, prompt + [t], 2 * k + 2)
+    svc = DraftService(DraftModel(str(models["target"]), "cpu", "float32", 8192), str(models["target"]))
+    ctx = zmq.Context.instance()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    a.bind("inproc://partial-tree")
+    b.connect("inproc://partial-tree")
+    alive = [True]
+    th = threading.Thread(target=serve, args=(a, svc, lambda: alive[0]), daemon=True)
+    th.start()
+    try:
+        b.send(wire.encode(wire.Hello(protocol=wire.PROTOCOL_VERSION, session="s", k=k, fanout=[6] * (k + 1),
+                                      backup="fast")))
+        assert isinstance(wire.decode_from_draft(b.recv()), wire.Ready)
+        b.send(wire.encode(wire.Step(round=1, begins=[wire.Begin(rid="r", prompt=prompt, pending=t)],
+                                     reply=False)))
+        # the first decode round, then its outcome (every draft token accepted), back to back
+        b.send(wire.encode(wire.Step(round=2, outcomes=[wire.Outcome(rid="r", k=-1, t_star=t,
+                                                                     committed_len=len(prompt))])))
+        b.send(wire.encode(wire.Step(round=3, outcomes=[
+            wire.Outcome(rid="r", k=k, t_star=greedy[k], committed_len=len(prompt) + 1 + k)])))
+        first = wire.decode_from_draft(b.recv())
+        assert first.round == 2 and first.specs[0].tokens == greedy[:k]
+        second = wire.decode_from_draft(b.recv())
+        assert second.round == 3 and not second.refusals
+        spec = second.specs[0]
+        assert spec.hit and 1 <= spec.partial < k and len(spec.tokens) == k
+        assert spec.tokens[:spec.partial] == greedy[k + 1:k + 1 + spec.partial]
+        assert second.times.depth == spec.partial
+    finally:
+        alive[0] = False
+        b.send(wire.encode(wire.Shutdown()))
+        th.join(10)
+        a.close(linger=0)
+        b.close(linger=0)

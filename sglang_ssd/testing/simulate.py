@@ -55,11 +55,13 @@ class TargetProbs:
 
 
 def sample_ssd(spec, target: TargetProbs, prompt, n, length, *, seeds=None, wrong_residual=False,
-               stats=None):
+               stats=None, stop_trees=False):
     """n continuations of `length` tokens through SSD rounds; returns (sequences, hits, lookups).
 
     seeds: one `sampling_seed` per request (verified by the seeded rule), or None (unseeded).
     `stats`, if given, is filled with rounds, emitted tokens and the draft's backup seconds.
+    stop_trees: every tree stops after its first step (as when the worker's outcome arrives
+    mid-tree), so hits are answered drafted one deep and completed by the n-gram backup.
     """
     k = spec.k
     pr = target.params
@@ -121,7 +123,7 @@ def sample_ssd(spec, target: TargetProbs, prompt, n, length, *, seeds=None, wron
                 nxt_live.append(r)
         spec.release([r for r in live if r not in nxt_live])
         live = nxt_live
-        spec.speculate()
+        spec.speculate((lambda: True) if stop_trees else None)
     return [tuple(out[r][:length]) for r in rids], hits, lookups
 
 
