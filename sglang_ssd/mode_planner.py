@@ -52,17 +52,20 @@ class _Meter:
     round_s: float = 0.0
     verify_s: float = 0.0
     wait_s: float = 0.0
+    overrun_s: float = 0.0  # of wait_s: rounds with lookups (not the draft's prefill of new requests)
     rate_sum: float = 0.0  # per-round rates, for the noise of the mean
     rate_sq: float = 0.0
     age: int = 0  # decisions since the visit ended (0 while it lasts)
 
-    def add(self, req_rounds: int, tokens: float, round_s: float, verify_s: float, wait_s: float) -> None:
+    def add(self, req_rounds: int, tokens: float, round_s: float, verify_s: float, wait_s: float,
+            overrun_s: float) -> None:
         self.rounds += 1
         self.req_rounds += req_rounds
         self.tokens += tokens
         self.round_s += round_s
         self.verify_s += verify_s
         self.wait_s += wait_s
+        self.overrun_s += overrun_s
         r = tokens / max(req_rounds, 1) / max(round_s, 1e-9)
         self.rate_sum += r
         self.rate_sq += r * r
@@ -89,7 +92,8 @@ class _Meter:
         return {"tok_per_s": round(self.rate, 3), "rounds": self.rounds, "age": self.age,
                 "round_ms": round(1e3 * self.round_s / max(self.rounds, 1), 3),
                 "verify_ms": round(1e3 * self.verify_s / max(self.rounds, 1), 3),
-                "wait_ms": round(1e3 * self.wait_s / max(self.rounds, 1), 3)}
+                "wait_ms": round(1e3 * self.wait_s / max(self.rounds, 1), 3),
+                "overrun_ms": round(1e3 * self.overrun_s / max(self.rounds, 1), 3)}
 
 
 @dataclass
@@ -142,9 +146,11 @@ class ModePlanner:
         return self.mode, (0 if self.mode == "plain" else self.depth.k)
 
     def observe(self, mode: str, k: int, batch_size: int, accepted: list[int], verify_s: float,
-                round_s: float, wait_s: float = 0.0, tree_s: float = 0.0, tree_k: int = 0) -> None:
+                round_s: float, wait_s: float = 0.0, tree_s: float = 0.0, tree_k: int = 0,
+                overrun_s: Optional[float] = None) -> None:
         """One verified round: `accepted` draft tokens per request served in `mode` (plain rounds:
-        zeros), the round's wall time, its verify and its wait for the draft."""
+        zeros), the round's wall time, its verify and its wait for the draft, of which `overrun_s`
+        (default: all) waited for a tree rather than for the draft's first drafts of new requests."""
         if mode == "ssd":
             self.depth.observe(k, batch_size, accepted, verify_s, round_s, tree_s, tree_k)
         elif mode == "sync":
@@ -157,7 +163,8 @@ class ModePlanner:
         m = b.meters.get(mode)
         if m is None or m.age > 0:  # a new visit replaces what an earlier one measured
             m = b.meters[mode] = _Meter()
-        m.add(len(accepted), sum(min(j, k) + 1 for j in accepted), round_s, verify_s, wait_s)
+        m.add(len(accepted), sum(min(j, k) + 1 for j in accepted), round_s, verify_s, wait_s,
+              wait_s if overrun_s is None else overrun_s)
         b.rounds += 1
         if b.rounds >= (self.probe_rounds if b.probing is not None else self.every):
             b.rounds = 0
@@ -211,13 +218,14 @@ class ModePlanner:
             predicted = self.plain_rate(here, b.size)
             return ("now" if predicted > here.rate else "maybe" if predicted > EXPLORE * here.rate else "no"), predicted
         if mode == "sync":
-            # Only SSD rounds that wait for the draft can make sync pay, and a sync round costs at
-            # least SSD's round without that wait: its rate is at most E / (R - wait), which must
-            # beat every mode measured. From plain rounds, SSD is probed first.
+            # Only SSD rounds that wait for their tree can make sync pay (a new request's first
+            # drafts are waited for in sync rounds too), and a sync round costs at least SSD's
+            # round without that wait: its rate is at most E / (R - overrun), which must beat
+            # every mode measured. From plain rounds, SSD is probed first.
             ssd = b.meters.get("ssd")
-            if b.mode != "ssd" or ssd is None or ssd.wait_s <= OVERRUN * ssd.verify_s:
+            if b.mode != "ssd" or ssd is None or ssd.overrun_s <= OVERRUN * ssd.verify_s:
                 return "no", 0.0
-            bound = ssd.tokens / max(ssd.req_rounds, 1) / max((ssd.round_s - ssd.wait_s) / ssd.rounds, 1e-9)
+            bound = ssd.tokens / max(ssd.req_rounds, 1) / max((ssd.round_s - ssd.overrun_s) / ssd.rounds, 1e-9)
             best = max([here.rate] + [m.rate for m in b.meters.values() if m.fresh])
             if self.plain_rate(here, b.size) > bound:
                 return "no", 0.0

@@ -384,7 +384,8 @@ class SSDWorker(BaseSpecWorker):
         unspeculated = [p or k == 0 for p in plain_rows]
         self.stats.record_round(res.k, hits, wait, unspeculated, depth=k, mode=mode)
         if self.tp_rank == 0:
-            self._observe(mode, k, bs, res.k, unspeculated, took, time.perf_counter() - t_round, wait, tree)
+            overrun = wait if any(h is not None for h in hits) else 0.0  # else: new requests' first drafts
+            self._observe(mode, k, bs, res.k, unspeculated, took, time.perf_counter() - t_round, (wait, overrun), tree)
         if self.metrics is not None:
             self.metrics.publish(self.stats)
         self.stats.round_s += time.perf_counter() - t_round
@@ -411,7 +412,7 @@ class SSDWorker(BaseSpecWorker):
     def _observe(self, mode, k, bs, ks, unspeculated, verify_s, round_s, wait, tree) -> None:
         """The planner learns from this round; its tables reach the statistics when they change."""
         served = ks if mode == "plain" else [kk for kk, p in zip(ks, unspeculated) if not p]
-        self.planner.observe(mode, k, bs, served, verify_s, round_s, wait, tree[0], tree[1])
+        self.planner.observe(mode, k, bs, served, verify_s, round_s, wait[0], tree[0], tree[1], overrun_s=wait[1])
         depth = self.planner.depth
         self.stats.live_k = depth.k
         self.stats.live_mode = self.planner.mode

@@ -16,8 +16,9 @@ class World:
     """True per-mode costs: (tokens per request-round, round seconds, verify seconds, wait seconds),
     with per-round multiplicative noise on the times (uniform +-noise)."""
 
-    def __init__(self, modes: dict, noise: float = 0.10, seed: int = 0):
+    def __init__(self, modes: dict, noise: float = 0.10, seed: int = 0, overruns: bool = True):
         self.modes, self.noise, self.rng = modes, noise, random.Random(seed)
+        self.overruns = overruns  # False: every wait is for new requests' first drafts, not a tree
 
     def round(self, planner: ModePlanner, bs: int = 1) -> str:
         mode, k = planner.plan(bs)
@@ -29,7 +30,7 @@ class World:
             j = int(e - 1) + (1 if self.rng.random() < (e - 1) - int(e - 1) else 0)
             acc.append(min(j, k) if mode != "plain" else 0)
         planner.observe(mode, k, bs, acc, verify_s=v * f, round_s=r * f, wait_s=w * f,
-                        tree_s=v * 0.9, tree_k=k)
+                        tree_s=v * 0.9, tree_k=k, overrun_s=w * f if self.overruns else 0.0)
         return mode
 
 
@@ -94,6 +95,14 @@ def test_sync_wins_when_the_tree_outlasts_the_verify():
     seen = [w.round(p) for _ in range(2000)]
     assert "sync" in seen[: 3 * EVERY]
     assert seen[-500:].count("sync") > 480
+
+
+def test_no_sync_probe_for_waits_on_new_requests_first_drafts():
+    """The same waits, but for the draft's first drafts of requests that just began (sync rounds
+    wait for those too): no sync probe, however long."""
+    modes = {"ssd": (4.0, 3.0, 1.2, 1.7), "sync": (4.0, 4.0, 1.2, 2.7), "plain": (1.0, 1.0, 0.95, 0.0)}
+    p, w = planner(), World(modes, overruns=False)
+    assert "sync" not in [w.round(p) for _ in range(2000)]
 
 
 def test_no_sync_probe_while_the_tree_hides_behind_the_verify():
