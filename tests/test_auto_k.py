@@ -123,11 +123,11 @@ def _speculator(models, k=4, fanout=None):
     return Speculator(model, k, fanout or [2, 2, 1, 1, 1][: k + 1], "neural", 8)
 
 
-def test_depth_changes_truncate_hits_and_miss_when_k_grows(models, hf_target):
+def test_depth_changes_truncate_hits_and_complete_them_when_k_grows(models, hf_target):
     """Self-draft, greedy: the draft's continuation is what the target emits, so accepting it
     whole hits. After K shrinks 4 -> 2 the hit is the first 2 tokens of the pre-drafted chain;
-    after K grows 2 -> 3 the tree (2 deep) cannot answer: a miss, answered 3 deep by the backup.
-    Every answer equals greedy decoding from the true context."""
+    after K grows 2 -> 3 the tree (2 deep) answers its hit 2 deep, completed by the n-gram backup
+    (a partial answer). Every drafted token equals greedy decoding from the true context."""
     sp = _speculator(models)
     prompt = [5, 17, 33, 8, 91, 12, 44]
     sp.begin([wire.Begin(rid="a", prompt=prompt, pending=60)])
@@ -151,10 +151,12 @@ def test_depth_changes_truncate_hits_and_miss_when_k_grows(models, hf_target):
     assert sp.fanout == [2, 2, 1]  # a fixed schedule is cut to its first K+1 positions
     g = hf_greedy(hf_target, ctx, 3)
     s = round_(3, 2, g[2])
-    assert not s.hit and s.tokens == hf_greedy(hf_target, ctx, 3)
+    # the hit branch is 2 deep: its 2 drafted tokens, completed to 3 by the n-gram backup
+    assert s.hit and s.partial == 2 and len(s.tokens) == 3 and s.tokens[:2] == hf_greedy(hf_target, ctx, 2)
     g = hf_greedy(hf_target, ctx, 4)
-    s = round_(3, 3, g[3])
-    assert s.hit and s.tokens == hf_greedy(hf_target, ctx, 3)
+    k = 3 if s.tokens[2] == g[2] else 2  # the backup's token is accepted only if it is the target's
+    s = round_(3, k, g[k])
+    assert s.hit and s.partial == 0 and s.tokens == hf_greedy(hf_target, ctx, 3)
     with pytest.raises(ValueError, match="depth=5"):
         sp.set_depth(5)
     sp.release(["a"])
