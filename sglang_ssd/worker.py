@@ -37,8 +37,8 @@ from sglang_ssd.grammar import apply_chain_mask, speculated_grammar_mask
 from sglang_ssd.mode_planner import ModePlanner
 from sglang_ssd.qlaw import unpack as unpack_q
 from sglang_ssd.request_view import begin_of, sampling_of, seeded_first_token
-from sglang_ssd.target_verify import (decode_forward, prepare_verify, replays_graphs, sample_first_position, seeded_first_tokens,
-                                      spec_logprobs)
+from sglang_ssd.target_verify import (decode_forward, prepare_verify, replays_graphs, sample_first_position,
+                                      seeded_first_tokens, spec_logprobs)
 from sglang_ssd.verify import accept_chain, accept_sampled_rows, plain_path_reason
 
 logger = logging.getLogger(__name__)
@@ -337,8 +337,8 @@ class SSDWorker(BaseSpecWorker):
         drafts, k, qs, hits, wait, tree = self._drafts(batch, mode, k)
         n = k + 1
 
-        t0 = time.perf_counter()
         if k == 0 and not replays_graphs(self.model_runner):
+            t0 = time.perf_counter()
             result = decode_forward(self.target_worker, batch, drafts)
         else:
             prepare_verify(batch, drafts, self.device)
@@ -385,7 +385,7 @@ class SSDWorker(BaseSpecWorker):
         self.stats.record_round(res.k, hits, wait, unspeculated, depth=k, mode=mode)
         if self.tp_rank == 0:
             overrun = wait if any(h is not None for h in hits) else 0.0  # else: new requests' first drafts
-            self._observe(mode, k, bs, res.k, unspeculated, took, time.perf_counter() - t_round, (wait, overrun), tree)
+            self._observe(mode, k, bs, res.k, unspeculated, took, time.perf_counter() - t_round, wait, overrun, tree)
         if self.metrics is not None:
             self.metrics.publish(self.stats)
         self.stats.round_s += time.perf_counter() - t_round
@@ -409,10 +409,10 @@ class SSDWorker(BaseSpecWorker):
             speculative_num_draft_tokens=n,
         )
 
-    def _observe(self, mode, k, bs, ks, unspeculated, verify_s, round_s, wait, tree) -> None:
+    def _observe(self, mode, k, bs, ks, unspeculated, verify_s, round_s, wait, overrun, tree) -> None:
         """The planner learns from this round; its tables reach the statistics when they change."""
         served = ks if mode == "plain" else [kk for kk, p in zip(ks, unspeculated) if not p]
-        self.planner.observe(mode, k, bs, served, verify_s, round_s, wait[0], tree[0], tree[1], overrun_s=wait[1])
+        self.planner.observe(mode, k, bs, served, verify_s, round_s, wait, tree[0], tree[1], overrun_s=overrun)
         depth = self.planner.depth
         self.stats.live_k = depth.k
         self.stats.live_mode = self.planner.mode
