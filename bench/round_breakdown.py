@@ -55,17 +55,9 @@ def measure(run: servers.Run, prompts: list[list[int]], temp: float, max_new: in
     out["outputs"] = [r["output_ids"] for r in recs]
     if run.mode in ("ssd", "sync-sd"):
         st = run.server.ssd_stats()
-        out["live"] = {k: st.get(k) for k in ("live_k", "fanout", "k_steps", "auto_k", "config")}
+        out["live"] = {k: st.get(k) for k in ("live_k", "fanout", "k_steps", "auto_k", "config", "predicted_hit",
+                                             "tree_pred_ms", "partial_answers", "mode_steps")}
     return out
-
-
-def wait_for_memory(gib: float, timeout_s: float = 1800) -> None:
-    """A 1.5B float32 server needs ~11 GiB: wait until another benchmark's server has gone."""
-    import psutil
-
-    deadline = time.monotonic() + timeout_s
-    while psutil.virtual_memory().available < gib * 2 ** 30 and time.monotonic() < deadline:
-        time.sleep(10)
 
 
 def main() -> None:
@@ -89,13 +81,13 @@ def main() -> None:
     prompts = [prompt_sets.encode(tok, p) for p in prompt_sets.load_set("humaneval")[: args.prompts]]
     logdir = Path(tempfile.mkdtemp(prefix="sglang-ssd-rounds-"))
     os.sched_setaffinity(0, {1})  # the client stays off the target's core
-    wait_for_memory(14)
+    servers.wait_for_memory(pair.min_free_gb)
     res = {"pair": pair.label, "draft": facts.get("draft"), "prompts": args.prompts, "concurrency": args.concurrency,
            "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
            "ssd_args": servers.SSD_EXTRA, "modes": {}}
     for mode in args.modes.split(","):
         t0 = time.perf_counter()
-        wait_for_memory(14)
+        servers.wait_for_memory(pair.min_free_gb)
         run = servers.start_checked(target, draft, mode, 0, True, logdir)
         print(f"[rounds] {mode} server up in {time.perf_counter() - t0:.0f} s (log {run.log_path})", flush=True)
         try:
@@ -117,7 +109,9 @@ def main() -> None:
     for m in modes:
         live = res["modes"][m].get("live")
         if live:
-            print(f"\n{m}: K steps {live['k_steps']}, live K {live['live_k']}, fan-out {live['fanout']}")
+            print(f"\n{m}: K steps {live['k_steps']}, live K {live['live_k']}, last tree fan-out {live['fanout']} "
+                  f"(predicted hit {live.get('predicted_hit')}, tree {live.get('tree_pred_ms')} ms), partial answers "
+                  f"{live.get('partial_answers')}, modes {live.get('mode_steps')}")
     if "ar" in res["modes"] and args.temperature == 0:
         ref = res["modes"]["ar"]["outputs"]
         for m in modes:

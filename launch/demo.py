@@ -32,7 +32,7 @@ PROMPTS = [
 # anything else starting meanwhile count); it refused 0.45 here. --max-total-tokens caps the KV pool.
 QWEN_ARGS = ["--dtype", "float32", "--mem-fraction-static", "0.85", "--max-total-tokens", "32768",
              "--sleep-on-idle", "--log-level", "warning"]
-MIN_FREE_GB = 12  # target server (~7 GB of float32 weights) + the SSD draft process (~2.5 GB)
+MIN_FREE_GB = 16  # target server (~7 GB of float32 weights, ~5 GB more for their oneDNN packs) + the SSD draft (~2.5 GB)
 
 
 def cores() -> tuple[set[int], set[int]]:

@@ -12,6 +12,9 @@ Changed SGLang functions (version 0.5.23):
 - ``sglang.srt.speculative.draft_utils.DraftBackendFactory._create_backend`` (AROUND,
   sglang_ssd.patches.torch_draft_attention): torch_native draft-decode (multi-step) and
   draft-extend backends, so EAGLE-family workers (STANDALONE) build their draft on CPU.
+- ``UnquantizedLinearMethod.process_weights_after_loading`` / ``.apply`` and
+  ``LogitsProcessor._compute_lm_head`` (sglang_ssd.patches.cpu_packed_linear): linear layers of
+  two rows or more (verify, prefill) through oneDNN's prepacked weights, the cost of one row.
 
 Not a hook but part of the CPU setup: :func:`standin_dir` is the directory holding the
 pure-torch ``sgl_kernel`` stand-in (patches/cpu_standin/sgl_kernel), which must be first on
@@ -30,7 +33,8 @@ def standin_dir() -> str:
 
 def apply() -> None:
     """Register the CPU hooks with SGLang's HookRegistry (idempotent)."""
-    from sglang_ssd.patches import torch_draft_attention, torch_verify_attention
+    from sglang_ssd.patches import cpu_packed_linear, torch_draft_attention, torch_verify_attention
 
     torch_verify_attention.apply()
     torch_draft_attention.apply()
+    cpu_packed_linear.apply()

@@ -16,6 +16,8 @@ from typing import Sequence
 import torch
 from transformers.cache_utils import Cache, StaticLayer
 
+from sglang_ssd.kernels import cpu_linear
+
 
 class PoolFullError(RuntimeError):
     """The draft KV pool has no free slots for this round."""
@@ -84,6 +86,8 @@ class DraftModel:
             model_path, dtype=_DTYPES[dtype], attn_implementation="sdpa"
         ).to(device).eval()
         self.device = torch.device(device)
+        if self.device.type == "cpu" and cpu_linear.enabled():
+            cpu_linear.pack_linears(self.model)  # tree steps of 5-60 rows cost what one row does
         self.dtype = _DTYPES[dtype]
         self.vocab_size = int(config.vocab_size)
         self.max_positions = int(getattr(config, "max_position_embeddings", 1 << 20))

@@ -53,6 +53,7 @@ class Speculator:
         self.k = k  # the session's K: the deepest speculation the worker may ask for
         self.depth = k  # this round's K (the worker's automatic K may lower it, auto_k.py)
         self.fanout = fanout
+        self.tree_fanout: list[int] = []  # the schedule of the last tree built (what Plan reports)
         self._fixed_fanout = list(fanout)
         self.backup = backup
         self.backup_batch_threshold = backup_batch_threshold
@@ -289,6 +290,8 @@ class Speculator:
                           self.model.vocab_size - 1)
         if fan is not None:
             self.fanout = fan
+        # This tree's schedule: a lookup answered mid-tree (between) re-plans self.fanout.
+        self.tree_fanout = tree_fan = list(self.fanout)
         toks, pos, write, vis = [], [], [], []
         for s in seqs:
             s.glue_slots = self.prefix.alloc(k + 1)
@@ -310,7 +313,7 @@ class Speculator:
             seeded = s.sampling is not None and s.sampling.seed is not None
             if seeded:
                 g = seeded_scores(s.sampling, g, len(s.tokens) + 1)  # row j: the token after pending, x_1..x_j
-            ranked = ranked_candidates(g, s.spec, [max(f, depth) for f in self.fanout])
+            ranked = ranked_candidates(g, s.spec, [max(f, depth) for f in tree_fan])
             if states is not None:
                 ranked = [[] if st is None or st.is_terminated() else cands for st, cands in zip(states, ranked)]
             if states is not None or seeded:  # never fork a token the target cannot emit
@@ -318,7 +321,7 @@ class Speculator:
             if depth:
                 s.ranked = ranked
             for j, cands in enumerate(ranked):
-                for c in cands[: self.fanout[j]]:
+                for c in cands[: tree_fan[j]]:
                     m = None
                     if states is not None:
                         m = states[j].fork()
@@ -328,10 +331,12 @@ class Speculator:
                                         first_pos=len(s.tokens) + j + 1, sampling=s.sampling,
                                         matcher=m))
                     owners.append((s, j, c))
-        done = self._run_chains(chains, between)
+        done = self._run_chains(chains, between, tree_fan)
         for (s, j, c), ch in zip(owners, chains):
             s.cache[(j, c)] = (ch.out, ch.q())
         self.last_tree_s, self.last_tree_depth = time.perf_counter() - t0, done
+        if self.planner is not None and done == k:  # a whole tree: what the next budget must fit
+            self.planner.observe_tree(k, len(seqs), sum(tree_fan), self.last_tree_s)
 
     def worth_stopping(self, cycle_s: float) -> bool:
         """Whether the tree in progress should stop now that the worker's outcome is waiting, its
@@ -349,7 +354,7 @@ class Speculator:
     def plan(self) -> Plan:
         e = self.estimator
         last = self.planner.last if self.planner is not None else {}
-        return Plan(fanout=list(self.fanout), accept_rate=e.accept if e else 0.0, power=e.power if e else 0.0,
+        return Plan(fanout=list(self.tree_fanout or self.fanout), accept_rate=e.accept if e else 0.0, power=e.power if e else 0.0,
                     predicted_hit=float(last.get("predicted_hit", 0.0)),
                     tree_pred_s=float(last.get("tree_ms", 0.0)) / 1e3)
 
@@ -411,7 +416,8 @@ class Speculator:
         self._run_chains(chains)
         return [(c.out, c.q()) for c in chains]
 
-    def _run_chains(self, chains: list[Chain], between: Optional[Callable[[], bool]] = None) -> int:
+    def _run_chains(self, chains: list[Chain], between: Optional[Callable[[], bool]] = None,
+                    fanout: Optional[list[int]] = None) -> int:
         """Up to K batched forwards (`between` runs after each, and stops them by returning True);
         the steps run. Every chain's scratch KV is freed afterwards."""
         if not chains:
@@ -433,7 +439,8 @@ class Speculator:
                 grammar = [c.matcher for c in chains]
                 if any(m is not None for m in grammar):  # never propose what the grammar forbids
                     logits = mask_logits(logits, fill_masks(grammar, self.grammars.vocab_size, logits.device))
-                nxt = propose(chains, logits, step, self.fanout[min(step, len(self.fanout) - 1)],
+                fan = fanout or self.fanout
+                nxt = propose(chains, logits, step, fan[min(step, len(fan) - 1)],
                               self.saguaro_c, self.q_mass)
                 for c, t in zip(chains, nxt):
                     c.out.append(t)

@@ -9,7 +9,9 @@ nothing. So each round, for the K the worker asked for, the draft picks B maximi
 
 from measured quantities only: V the target's verify (sent by the worker), T(B) the tree time
 predicted by this draft's own forward-cost curve (calibrated at start on the device, scaled by
-every forward it runs since), h(B) the hit rate the fan-out estimator predicts for B's schedule
+every forward it runs since) times the measured ratio of whole trees to their predictions (what
+a tree costs besides its forwards: proposing, forking, and kernels whose cost is not linear in
+the rows, e.g. oneDNN's packed matmul), h(B) the hit rate the fan-out estimator predicts for B's schedule
 from the observed acceptance and ranks of t*, and the backup's measured tokens and latency. A
 user's --ssd-fanout-budget or --ssd-fanout fixes B and this is not used.
 """
@@ -24,6 +26,7 @@ from sglang_ssd.fanout import FanoutEstimator, geometric_fanout
 
 CALIBRATION_TOKENS = (1, 2, 4, 8, 16, 32, 64)
 SCALE_DECAY = 0.9  # per forward: the scale follows the live context length within ~10 forwards
+TREE_DECAY = 0.7  # per tree: a tree that overran the verify shrinks the next budget within ~3 trees
 
 
 class ForwardCost:
@@ -94,10 +97,21 @@ class BudgetPlanner:
     def __init__(self, b_max: int, cost: ForwardCost):
         self.b_max = max(1, b_max)
         self.cost = cost
+        self.tree_ratio = 1.0  # measured whole trees / their forwards' predicted cost
         self.last: dict = {}
 
-    def tree_seconds(self, k: int, n_seqs: int, budget: int) -> float:
+    def _forwards(self, k: int, n_seqs: int, budget: int) -> float:
         return self.cost(n_seqs * (k + 1)) + k * self.cost(n_seqs * budget)
+
+    def tree_seconds(self, k: int, n_seqs: int, budget: int) -> float:
+        return self.tree_ratio * self._forwards(k, n_seqs, budget)
+
+    def observe_tree(self, k: int, n_seqs: int, budget: int, seconds: float) -> None:
+        """A whole tree (glue and k steps of `budget` branches per request) took `seconds`."""
+        pred = self._forwards(k, n_seqs, budget)
+        if pred > 0 and seconds > 0:
+            ratio = min(max(seconds / pred, 0.25), 4.0)
+            self.tree_ratio = TREE_DECAY * self.tree_ratio + (1 - TREE_DECAY) * ratio
 
     def choose(self, k: int, n_seqs: int, verify_s: float, est: FanoutEstimator,
                miss_tokens: float, miss_seconds: Callable[[float], float], cap: int) -> tuple[int, list[int]]:
@@ -116,7 +130,8 @@ class BudgetPlanner:
                 best = (rate, b, fan, h, tree)
         rate, b, fan, h, tree = best
         self.last = {"budget": b, "predicted_hit": round(h, 4), "tree_ms": round(tree * 1e3, 1),
-                     "verify_ms": round(verify_s * 1e3, 1), "cost_scale": round(self.cost.scale, 3)}
+                     "verify_ms": round(verify_s * 1e3, 1), "cost_scale": round(self.cost.scale, 3),
+                     "tree_ratio": round(self.tree_ratio, 3)}
         return b, fan
 
 

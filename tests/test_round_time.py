@@ -95,6 +95,23 @@ def test_a_tree_that_never_fits_gets_one_branch():
     assert b == 1 and p.tree_seconds(4, 1, 1) > 0.5
 
 
+def test_trees_slower_than_their_forwards_shrink_the_budget():
+    """The forward curve says a 15-branch tree fits a 1.0 s verify, but whole trees take twice
+    what their forwards predict: within 3 measured trees the planner takes a budget whose
+    corrected tree (about) fits the verify."""
+    cost = _linear_cost(0.05, 0.01)
+    est = _estimator(4, 0.9, [0.5, 0.2, 0.1, 0.05, 0.05])
+    p, b0 = _choose(cost, 1.0, est, miss_s_per=0.2, miss_tokens=1.0)
+    assert p._forwards(4, 1, b0) <= 1.0 and p.tree_ratio == 1.0
+    for _ in range(3):
+        p.observe_tree(4, 1, b0, 2.0 * p._forwards(4, 1, b0))
+    assert p.tree_ratio == pytest.approx(1 + (1 - 0.7 ** 3), rel=1e-6)
+    b, _ = p.choose(4, 1, 1.0, est, 1.0, lambda m: 0.2 * m, cap=1000)
+    assert b < b0 and p.tree_seconds(4, 1, b) < 1.05 < p.tree_seconds(4, 1, b0) and p.last["tree_ratio"] == pytest.approx(p.tree_ratio, abs=1e-3)
+    p.observe_tree(4, 1, b, 0.0)  # nothing measured: no change
+    assert p.tree_ratio == pytest.approx(1 + (1 - 0.7 ** 3), rel=1e-6)
+
+
 def test_batch_shares_the_tree_so_the_budget_per_request_shrinks():
     cost = _linear_cost(0.05, 0.01)
     est = _estimator(4, 0.9, [0.9, 0.05, 0.02])
