@@ -51,3 +51,29 @@ def to_spec(seq: DraftSeq, hit: bool) -> Spec:
     probs, ids, counts = seq.spec_q.pack()
     return Spec(rid=seq.rid, hit=hit, tokens=list(seq.spec), q=probs, q_ids=ids, q_counts=counts,
                 partial=seq.partial)
+
+
+def write_committed_kv(model, alloc, seqs: list[DraftSeq]) -> None:
+    """Write the draft's KV for committed tokens that have none yet (prompts, unglued commits);
+    `alloc(n)` gives slots. No slot without its KV ever joins a request (or the cache)."""
+    toks, pos, write, vis, grown = [], [], [], [], []
+    try:
+        for s in seqs:
+            n0 = len(s.slots)
+            if n0 == len(s.tokens):
+                continue
+            slots = s.slots + alloc(len(s.tokens) - n0)
+            grown.append((s, slots))
+            for i in range(n0, len(s.tokens)):
+                toks.append(s.tokens[i])
+                pos.append(i)
+                write.append(slots[i])
+                vis.append(slots[: i + 1])
+        if toks:
+            model.forward(toks, pos, write, vis)
+    except BaseException:
+        for s, slots in grown:
+            model.pool.free(slots[len(s.slots):])
+        raise
+    for s, slots in grown:
+        s.slots = slots

@@ -17,7 +17,7 @@ from sglang_ssd import qlaw
 from sglang_ssd.backup import ngram_propose
 from sglang_ssd.backup_policy import BackupPolicy
 from sglang_ssd.draft_model import DraftModel
-from sglang_ssd.draft_seq import Chain, DraftSeq, to_spec
+from sglang_ssd.draft_seq import Chain, DraftSeq, to_spec, write_committed_kv
 from sglang_ssd.fanout import FanoutEstimator
 from sglang_ssd.forking import ranked_candidates
 from sglang_ssd.grammar import (DraftGrammars, accept_all, begin_matcher, fill_masks, glue_states, mask_logits,
@@ -168,7 +168,7 @@ class Speculator:
             self.seqs[b.rid] = seq
             fresh.append(seq)
         if fresh:
-            self._ensure_kv(fresh)
+            write_committed_kv(self.model, self.prefix.alloc, fresh)
             for seq in fresh:
                 self._share(seq)
             self.prefix.trim()
@@ -285,7 +285,7 @@ class Speculator:
         seqs = [s for s in self.seqs.values() if len(s.spec) == k and not s.glue_slots]
         if not seqs:
             return
-        self._ensure_kv(seqs)
+        write_committed_kv(self.model, self.prefix.alloc, seqs)
         fan = plan_budget(self.planner, self.policy, self.estimator, k, len(seqs), self.verify_s,
                           self.model.vocab_size - 1)
         if fan is not None:
@@ -383,33 +383,9 @@ class Speculator:
             if not (0 <= t < v):
                 raise RequestRefused(f"token id {t} outside the draft vocabulary [0, {v}) for {rid!r}")
 
-    def _ensure_kv(self, seqs: list[DraftSeq]) -> None:
-        """Write KV for committed tokens that have none yet (prompts, unglued commits)."""
-        toks, pos, write, vis, grown = [], [], [], [], []
-        try:
-            for s in seqs:
-                n0 = len(s.slots)
-                if n0 == len(s.tokens):
-                    continue
-                slots = s.slots + self.prefix.alloc(len(s.tokens) - n0)
-                grown.append((s, slots))
-                for i in range(n0, len(s.tokens)):
-                    toks.append(s.tokens[i])
-                    pos.append(i)
-                    write.append(slots[i])
-                    vis.append(slots[: i + 1])
-            if toks:
-                self.model.forward(toks, pos, write, vis)
-        except BaseException:  # no slot without its KV ever joins a request (or the cache)
-            for s, slots in grown:
-                self.model.pool.free(slots[len(s.slots):])
-            raise
-        for s, slots in grown:
-            s.slots = slots
-
     def _neural(self, items: list[tuple[DraftSeq, int]]) -> list[tuple[list[int], Optional[torch.Tensor]]]:
         """Just-in-time drafting: K steps from the true context (seq committed + t)."""
-        self._ensure_kv([s for s, _ in items])
+        write_committed_kv(self.model, self.prefix.alloc, [s for s, _ in items])
         chains = [Chain(context=list(s.slots), first=t, first_pos=len(s.tokens), sampling=s.sampling,
                         matcher=s.matcher.fork() if s.matcher is not None else None)
                   for s, t in items]
