@@ -157,18 +157,18 @@ def test_cpu_engine_registers_the_hooks():
 
 
 def test_draft_model_packs_its_linears_and_keeps_its_logits(models, monkeypatch):
-    """The Hugging Face draft engine on CPU routes its linears (lm_head included) through the
-    packs; its logits for a 6-row forward equal the unpacked model's."""
+    """The Hugging Face draft engine on CPU in bfloat16 routes its linears (lm_head included)
+    through the packs; its logits for a 6-row forward equal the unpacked model's."""
     from sglang_ssd.draft_model import DraftModel
 
     def run(m):
         return m.forward([1, 2, 3, 4, 5, 6], list(range(6)), list(range(6)),
                          [list(range(i + 1)) for i in range(6)])
 
-    packed = DraftModel(str(models["target"]), "cpu", "float32", 64)
+    packed = DraftModel(str(models["target"]), "cpu", "bfloat16", 64)
     routed = [m for m in packed.model.modules() if isinstance(m, torch.nn.Linear)]
     assert routed and all(isinstance(m.forward, cpu_linear._PackedForward) for m in routed)
     monkeypatch.setenv("SGLANG_SSD_CPU_PACKED_LINEAR", "0")
-    plain = DraftModel(str(models["target"]), "cpu", "float32", 64)
+    plain = DraftModel(str(models["target"]), "cpu", "bfloat16", 64)
     assert not any(isinstance(m.forward, cpu_linear._PackedForward) for m in plain.model.modules())
-    torch.testing.assert_close(run(packed), run(plain), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(run(packed), run(plain), rtol=1e-2, atol=1e-2)
