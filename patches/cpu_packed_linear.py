@@ -10,10 +10,10 @@ package starts (plain, STANDALONE and SSD alike):
   the plain (unquantized, no LoRA, no fp32-upcast) lm_head, packed on first use.
 
 Why: torch's F.linear on CPU costs 2-3x more for the 2-8 rows of a verify (K+1 tokens) than for
-one, where reading the weights once should cost the same; prefill gets ~15% faster too. One
-float32 row (a decode step) still runs SGLang's own F.linear, so float32 plain decoding is
-unchanged; bfloat16 decode steps get ~2x faster linears (F.linear there is oneDNN without the pack). The copy costs
-the memory of the weights once more. SGLANG_SSD_CPU_PACKED_LINEAR=0 turns it off (to measure).
+one, where reading the weights once should cost the same; prefill and batched decode steps get
+faster too. One float32 row (a batch-1 decode step) still runs SGLang's own F.linear; bfloat16
+rows all take the pack (the same numbers as F.linear, ~2x faster). The copy costs the memory of
+the weights once more. SGLANG_SSD_CPU_PACKED_LINEAR=0 turns it off (to measure).
 """
 
 from __future__ import annotations
