@@ -10,10 +10,12 @@ emitted per request-round. Tokens per round are noisy over one visit, so E(K) sh
 mean toward the geometric law G(K) = (1 - a^(K+1)) / (1 - a) at the per-token acceptance a
 measured over all rounds (worth N0 rounds); it still learns what the law misses (the backup's
 share, hits in easy stretches). Every `every` rounds the controller moves K one step toward the
-neighbour with the best throughput E/R among those whose tree fits (T <= V); a tree that does not
-fit sends K down at once. A neighbour not measured recently is visited when predicted better (or,
-when no neighbour is measured, when predicted close): E = G, V and T extrapolated from the depths
-measured (linear; with one depth the tree grows in proportion to K and the verify stays flat).
+neighbour with the best throughput E/R (a neighbour whose tree would outlast the verify is
+predicted with that wait: R grows by T - V); a tree that does not fit sends K down unless the shallower tree, measured or predicted, serves fewer tokens per second
+(its round no longer waits for the tree, but it proposes fewer tokens: on the real pair on a CPU,
+a K=4 tree overrunning a 248 ms verify by 20 ms still served 18 tokens/s against K=3's 16). A
+neighbour not measured recently is visited when predicted better (or, when no neighbour is
+measured, when predicted close): E = G, V and T extrapolated from the depths measured (linear; with one depth the tree grows in proportion to K and the verify stays flat).
 Measurements age out after MAX_AGE decisions, so a verdict is revisited when the load or the text
 changes. Each bucket keeps its own K: a server that alternates between light and heavy load
 switches at once.
@@ -187,14 +189,15 @@ class DepthController:
             return
         rate, fits, _ = here
         best = b.k
-        if not fits:  # the target is waiting for the tree: shallower, whatever it costs
-            best = max(self.k_min, b.k - 1)
+        measured, unmeasured = [], []
+        for k in (b.k - 1, b.k + 1):
+            p = self._predict(b, k) if self.k_min <= k <= self.k_max else None
+            if p is not None:  # its rate counts any wait for its tree (R = ... + max(V, T))
+                (measured if p[2] else unmeasured).append((p[0], k))
+        if not fits:  # the target waits for the tree: shallower, unless that serves fewer tokens/s
+            if any(k == b.k - 1 and r > rate for r, k in measured + unmeasured):
+                best = b.k - 1
         else:
-            measured, unmeasured = [], []
-            for k in (b.k - 1, b.k + 1):
-                p = self._predict(b, k) if self.k_min <= k <= self.k_max else None
-                if p is not None and p[1]:
-                    (measured if p[2] else unmeasured).append((p[0], k))
             better = [x for x in measured + unmeasured if x[0] > rate * (1 + MARGIN)]
             worth = [x for x in unmeasured if x[0] >= rate * EXPLORE] if not measured else []
             if better:  # the best measured or predicted neighbour (a prediction gets measured)

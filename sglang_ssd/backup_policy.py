@@ -94,8 +94,12 @@ class BackupPolicy:
                 return a + c * misses
         return st / sm * misses if sm > 0 else 0.0  # one batch size seen so far: proportional
 
+    def neural_measured(self) -> bool:
+        """Whether neural_seconds comes from measurements (at least one neural backup)."""
+        return self._s[0] > 0.5
+
     def measured(self) -> bool:
-        return self.lookups >= MIN_LOOKUPS and self.verify_s > 0 and self._s[0] > 0.5
+        return self.lookups >= MIN_LOOKUPS and self.verify_s > 0 and self.neural_measured()
 
     def update(self) -> int:
         if self.measured():

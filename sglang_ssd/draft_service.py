@@ -139,7 +139,7 @@ class DraftService:
             spec.verify_s = msg.verify_s
             spec.release(msg.releases)
             if msg.warm:
-                spec.warm([list(p) for p in msg.warm])
+                spec.warm(list(msg.warm))
             refusals = spec.begin(list(msg.begins))
             specs, more, backup_s = spec.lookup(list(msg.outcomes)) if msg.outcomes else ([], [], 0.0)
         except Exception as e:  # a round it cannot serve: refuse its requests, keep running
@@ -161,7 +161,8 @@ class DraftService:
                                prefill_computed=spec.prefill_computed, prefill_reused=spec.prefill_reused,
                                rejected=self.rejected,
                                backup=spec.last_backup, misses=spec.last_misses,
-                               backup_threshold=spec.backup_threshold(), last_round=self.last_round),
+                               backup_threshold=spec.backup_threshold(), last_round=self.last_round,
+                               first_predrafted=spec.first.found, first_missed=spec.first.missed),
         )), predraft
 
     def answer_mid_tree(self, raw: bytes, may_answer: bool = True) -> tuple[Optional[bytes], bool]:

@@ -39,6 +39,7 @@ GAUGES = {
     "ssd_draft_prefix_cached_tokens": ("draft_prefix_cached", "Draft KV slots held only by its prefix cache."),
     "ssd_draft_prefill_tokens": ("draft_prefill_tokens", "Prompt tokens the draft computed since it started."),
     "ssd_draft_prefill_reused_tokens": ("draft_prefill_reused", "Prompt tokens the draft took from its prefix cache since it started."),
+    "ssd_draft_first_predrafted_requests": ("draft_first_predrafted", "Requests whose first speculation the draft drafted during their prefill, since it started."),
     "ssd_speculation_depth": ("live_k", "K (draft tokens per speculation) of the next round; automatic unless --speculative-num-steps fixed it."),
     "ssd_backup_threshold": ("backup_threshold", "Adaptive backup's live b* (batch size from which misses get the fast backup)."),
 }

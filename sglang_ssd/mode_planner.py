@@ -16,9 +16,10 @@ Each mode's rate, tokens per request-round over round seconds, is measured over 
 Every `every` rounds the planner decides: it moves to a measured mode only when that mode is
 better by a margin larger than the noise of both measurements (hysteresis: no flapping), visits a
 mode not measured recently at once when a prediction says it is better (plain from the measured
-verify curve; sync when SSD's tree outlasts the verify), and otherwise probes it now and then while
-it could be close (a mode that cannot be predicted, such as SSD seen from plain rounds, always
-could), at intervals that double while probes lose (their cost stays bounded) and reset on a win.
+verify curve; sync when SSD's tree outlasts the verify by more than drafting just in time would
+cost), and otherwise probes it now and then while it could be close (a mode that cannot be
+predicted, such as SSD seen from plain rounds, always could), at intervals that double while
+probes lose (their cost stays bounded) and reset on a win.
 Measurements age out, so a change of load or of text is noticed. A user's --ssd-mode pins the mode.
 """
 
@@ -53,12 +54,14 @@ class _Meter:
     verify_s: float = 0.0
     wait_s: float = 0.0
     overrun_s: float = 0.0  # of wait_s: rounds with lookups (not the draft's prefill of new requests)
+    jit_s: float = 0.0  # the draft's estimate of drafting the round just in time (sync's wait) ...
+    jit_rounds: int = 0  # ... over this many rounds that had one
     rate_sum: float = 0.0  # per-round rates, for the noise of the mean
     rate_sq: float = 0.0
     age: int = 0  # decisions since the visit ended (0 while it lasts)
 
     def add(self, req_rounds: int, tokens: float, round_s: float, verify_s: float, wait_s: float,
-            overrun_s: float) -> None:
+            overrun_s: float, jit_s: float = 0.0) -> None:
         self.rounds += 1
         self.req_rounds += req_rounds
         self.tokens += tokens
@@ -66,6 +69,9 @@ class _Meter:
         self.verify_s += verify_s
         self.wait_s += wait_s
         self.overrun_s += overrun_s
+        if jit_s > 0:
+            self.jit_s += jit_s
+            self.jit_rounds += 1
         r = tokens / max(req_rounds, 1) / max(round_s, 1e-9)
         self.rate_sum += r
         self.rate_sq += r * r
@@ -93,7 +99,8 @@ class _Meter:
                 "round_ms": round(1e3 * self.round_s / max(self.rounds, 1), 3),
                 "verify_ms": round(1e3 * self.verify_s / max(self.rounds, 1), 3),
                 "wait_ms": round(1e3 * self.wait_s / max(self.rounds, 1), 3),
-                "overrun_ms": round(1e3 * self.overrun_s / max(self.rounds, 1), 3)}
+                "overrun_ms": round(1e3 * self.overrun_s / max(self.rounds, 1), 3),
+                "jit_ms": round(1e3 * self.jit_s / max(self.jit_rounds, 1), 3)}
 
 
 @dataclass
@@ -147,10 +154,11 @@ class ModePlanner:
 
     def observe(self, mode: str, k: int, batch_size: int, accepted: list[int], verify_s: float,
                 round_s: float, wait_s: float = 0.0, tree_s: float = 0.0, tree_k: int = 0,
-                overrun_s: Optional[float] = None) -> None:
+                overrun_s: Optional[float] = None, jit_s: float = 0.0) -> None:
         """One verified round: `accepted` draft tokens per request served in `mode` (plain rounds:
         zeros), the round's wall time, its verify and its wait for the draft, of which `overrun_s`
-        (default: all) waited for a tree rather than for the draft's first drafts of new requests."""
+        (default: all) waited for a tree rather than for the draft's first drafts of new requests;
+        `jit_s` (0: unknown) the draft's estimate of drafting this batch just in time."""
         if mode == "ssd":
             self.depth.observe(k, batch_size, accepted, verify_s, round_s, tree_s, tree_k)
         elif mode == "sync":
@@ -164,7 +172,7 @@ class ModePlanner:
         if m is None or m.age > 0:  # a new visit replaces what an earlier one measured
             m = b.meters[mode] = _Meter()
         m.add(len(accepted), sum(min(j, k) + 1 for j in accepted), round_s, verify_s, wait_s,
-              wait_s if overrun_s is None else overrun_s)
+              wait_s if overrun_s is None else overrun_s, jit_s)
         b.rounds += 1
         if b.rounds >= (self.probe_rounds if b.probing is not None else self.every):
             b.rounds = 0
@@ -219,13 +227,15 @@ class ModePlanner:
             return ("now" if predicted > here.rate else "maybe" if predicted > EXPLORE * here.rate else "no"), predicted
         if mode == "sync":
             # Only SSD rounds that wait for their tree can make sync pay (a new request's first
-            # drafts are waited for in sync rounds too), and a sync round costs at least SSD's
-            # round without that wait: its rate is at most E / (R - overrun), which must beat
-            # every mode measured. From plain rounds, SSD is probed first.
+            # drafts are waited for in sync rounds too), and a sync round costs SSD's round
+            # without that wait plus drafting just in time (J, the draft's estimate; 0 when it
+            # has none): its rate is about E / (R - overrun + J), which must beat every mode
+            # measured. From plain rounds, SSD is probed first.
             ssd = b.meters.get("ssd")
             if b.mode != "ssd" or ssd is None or ssd.overrun_s <= OVERRUN * ssd.verify_s:
                 return "no", 0.0
-            bound = ssd.tokens / max(ssd.req_rounds, 1) / max((ssd.round_s - ssd.overrun_s) / ssd.rounds, 1e-9)
+            jit = ssd.jit_s / ssd.jit_rounds if ssd.jit_rounds else 0.0
+            bound = ssd.tokens / max(ssd.req_rounds, 1) / max((ssd.round_s - ssd.overrun_s) / ssd.rounds + jit, 1e-9)
             best = max([here.rate] + [m.rate for m in b.meters.values() if m.fresh])
             if self.plain_rate(here, b.size) > bound:
                 return "no", 0.0

@@ -34,6 +34,13 @@ def begin_of(req, prompt: list[int], pending: int) -> wire.Begin:
                       **grammar_of(req))
 
 
+def warm_of(req, first: bool) -> wire.Warm:
+    """A request about to be prefilled; `first`: the draft may pre-draft its first speculations
+    (not under a grammar, whose state the Begin starts)."""
+    return wire.Warm(rid=req.rid, prompt=list(req.origin_input_ids) + list(req.output_ids),
+                     sampling=sampling_of(req), first=first and not grammar_of(req))
+
+
 def seeded_first_token(req) -> bool:
     """Whether SSD draws this request's first token itself (seeded, sampled, nothing else that
     SGLang's sampler would apply: grammar, penalties, logprobs of the sampled token)."""

@@ -19,14 +19,14 @@ from sglang_ssd.backup_policy import BackupPolicy
 from sglang_ssd.draft_model import DraftModel
 from sglang_ssd.draft_seq import Chain, DraftSeq, to_spec, write_committed_kv
 from sglang_ssd.fanout import FanoutEstimator
-from sglang_ssd.forking import ranked_candidates
-from sglang_ssd.grammar import (DraftGrammars, accept_all, begin_matcher, fill_masks, glue_states, mask_logits,
-                                model_path_of)
+from sglang_ssd.first_drafts import FirstDrafts
+from sglang_ssd.forking import fork_chains
+from sglang_ssd.grammar import DraftGrammars, accept_all, begin_matcher, fill_masks, mask_logits, model_path_of
 from sglang_ssd.partial_tree import complete, worth_stopping
-from sglang_ssd.prefix_cache import PrefixCache, prefill_into_cache
-from sglang_ssd.proposals import propose, seeded_scores
+from sglang_ssd.prefix_cache import PrefixCache
+from sglang_ssd.proposals import propose
 from sglang_ssd.tree_budget import BudgetPlanner, plan_budget
-from sglang_ssd.wire import Begin, Outcome, Plan, Refusal, Spec
+from sglang_ssd.wire import Begin, Outcome, Plan, Refusal, Spec, Warm
 
 
 class RequestRefused(ValueError):
@@ -64,6 +64,7 @@ class Speculator:
         self.policy = BackupPolicy(backup, backup_batch_threshold, k)
         self.last_backup, self.last_misses = "", 0
         self._progress = (0, 0.0)  # (steps done, last step's seconds) of the tree in progress
+        self.first = FirstDrafts(model, self.prefix, self._timed_forward, self._run_chains)
 
     @property
     def verify_s(self) -> float:
@@ -97,6 +98,7 @@ class Speculator:
         pool = self.model.pool
         for rid in rids:
             seq = self.seqs.pop(rid, None)
+            self.first.forget(rid)
             if seq is None:
                 continue
             pool.free(seq.glue_slots)
@@ -126,21 +128,22 @@ class Speculator:
         cached = self.prefix.evictable
         return self.model.pool.num_used - cached, cached
 
-    def warm(self, prompts: list[list[int]]) -> None:
-        """Compute prompts' KV into the prefix cache while the target prefills them, so the Begin
-        that follows finds it there instead of computing it on the first round's critical path.
-        Best effort: a prompt with bad ids or beyond the draft's context is skipped (its Begin
-        refuses it with the reason)."""
+    def warm(self, warms: list[Warm]) -> None:
+        """While the target prefills these requests: their prompts' KV into the prefix cache and
+        their first speculations (first_drafts.py), off the first round's critical path. Best
+        effort: a prompt with bad ids or beyond the draft's context is skipped (its Begin refuses
+        it with the reason)."""
         if self.prefix.max_tokens == 0:
             return
-        for prompt in prompts:
-            if not prompt or len(prompt) + 2 * self.k + 2 > self.model.max_positions:
-                continue
+        ok = []
+        for w in warms:
             try:
-                self._check_ids(prompt, "a warmed prompt")
+                self._check_ids(w.prompt, "a warmed prompt")
             except RequestRefused:
                 continue
-            self.prefill_computed += prefill_into_cache(self.model, self.prefix, prompt)
+            if w.prompt and len(w.prompt) + 2 * self.k + 2 <= self.model.max_positions:
+                ok.append(w)
+        self.prefill_computed += self.first.warm(ok, max(1, self.fanout[0]))
         self.prefix.trim()
 
     def begin(self, begins: list[Begin]) -> list[Refusal]:
@@ -157,8 +160,11 @@ class Speculator:
             except RequestRefused as e:
                 refusals.append(Refusal(rid=b.rid, reason=str(e)))
                 continue
+            found = self.first.take(b.rid, b.pending)  # (before the release below drops it)
             self.release([b.rid])
             seq = DraftSeq(rid=b.rid, tokens=list(b.prompt), pending=b.pending, sampling=b.sampling)
+            if found is not None:
+                seq.spec, seq.spec_q = found
             seq.node, cached = self.prefix.match(b.prompt)
             self.prefix.lock(seq.node)
             seq.slots, seq.shared = list(cached), len(cached)
@@ -172,7 +178,8 @@ class Speculator:
             for seq in fresh:
                 self._share(seq)
             self.prefix.trim()
-            for seq, (toks, q) in zip(fresh, self._neural([(s, s.pending) for s in fresh])):
+            late = [s for s in fresh if not s.spec]  # the rest were pre-drafted during the prefill
+            for seq, (toks, q) in zip(late, self._neural([(s, s.pending) for s in late])):
                 seq.spec, seq.spec_q = toks, q
         return refusals
 
@@ -307,30 +314,11 @@ class Speculator:
         chains, owners = [], []
         depth = self.estimator.depth if self.estimator is not None else 0
         for s, g in zip(seqs, logits):
-            states = glue_states(s.matcher, s.spec) if s.matcher is not None else None
-            if states is not None:  # rank only grammar-legal t* at reachable positions
-                g = mask_logits(g, fill_masks(states, self.grammars.vocab_size, g.device))
-            seeded = s.sampling is not None and s.sampling.seed is not None
-            if seeded:
-                g = seeded_scores(s.sampling, g, len(s.tokens) + 1)  # row j: the token after pending, x_1..x_j
-            ranked = ranked_candidates(g, s.spec, [max(f, depth) for f in tree_fan])
-            if states is not None:
-                ranked = [[] if st is None or st.is_terminated() else cands for st, cands in zip(states, ranked)]
-            if states is not None or seeded:  # never fork a token the target cannot emit
-                ranked = [[c for c in cands if bool(torch.isfinite(g[j, c]))] for j, cands in enumerate(ranked)]
+            ranked, forks = fork_chains(s, g, tree_fan, depth, self.grammars.vocab_size)
             if depth:
                 s.ranked = ranked
-            for j, cands in enumerate(ranked):
-                for c in cands[: tree_fan[j]]:
-                    m = None
-                    if states is not None:
-                        m = states[j].fork()
-                        if not accept_all(m, [c]):
-                            m = None
-                    chains.append(Chain(context=s.slots + s.glue_slots[: j + 1], first=c,
-                                        first_pos=len(s.tokens) + j + 1, sampling=s.sampling,
-                                        matcher=m))
-                    owners.append((s, j, c))
+            chains += [ch for _, _, ch in forks]
+            owners += [(s, j, c) for j, c, _ in forks]
         done = self._run_chains(chains, between, tree_fan)
         for (s, j, c), ch in zip(owners, chains):
             s.cache[(j, c)] = (ch.out, ch.q())
@@ -356,7 +344,17 @@ class Speculator:
         last = self.planner.last if self.planner is not None else {}
         return Plan(fanout=list(self.tree_fanout or self.fanout), accept_rate=e.accept if e else 0.0, power=e.power if e else 0.0,
                     predicted_hit=float(last.get("predicted_hit", 0.0)),
-                    tree_pred_s=float(last.get("tree_ms", 0.0)) / 1e3)
+                    tree_pred_s=float(last.get("tree_ms", 0.0)) / 1e3, jit_s=self.jit_seconds(len(self.seqs)))
+
+    def jit_seconds(self, n: int) -> float:
+        """Seconds to draft n requests K deep just in time, as a sync round (or a neural backup for
+        n misses) would: the backup's measured latency, else the forward-cost curve's K-chain
+        (B = 1); 0 when neither is known. The worker's mode planner weighs sync rounds with it."""
+        if n < 1:
+            return 0.0
+        if self.policy.neural_measured():
+            return self.policy.neural_seconds(n)
+        return self.planner.tree_seconds(self.depth, n, 1) if self.planner is not None else 0.0
 
     def _timed_forward(self, tokens, positions, write, visible):
         """A glue or tree forward, its time fed to the planner's cost curve."""

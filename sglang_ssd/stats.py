@@ -46,6 +46,8 @@ class SSDStats:
     draft_prefix_cached: Optional[int] = None  # draft KV slots only its prefix cache holds
     draft_prefill_tokens: int = 0  # prompt tokens the draft computed (since it started)
     draft_prefill_reused: int = 0  # prompt tokens it took from its prefix cache
+    draft_first_predrafted: int = 0  # requests whose first speculation was drafted during their prefill
+    draft_first_missed: int = 0  # ... pre-drafted, but after first tokens the target did not emit
     draft_rejected_messages: int = 0  # malformed/stale messages the draft refused
     worker_rejected_messages: int = 0  # ... and the worker dropped
     plain_reasons: dict = field(default_factory=dict)  # plain-path rounds by reason
@@ -123,6 +125,7 @@ class SSDStats:
         self.draft_prefix_cached = h.pool_cached
         self.draft_prefill_tokens, self.draft_prefill_reused = h.prefill_computed, h.prefill_reused
         self.draft_rejected_messages = h.rejected
+        self.draft_first_predrafted, self.draft_first_missed = h.first_predrafted, h.first_missed
         if h.backup == "neural":
             self.backup_neural += 1
         elif h.backup == "fast":

@@ -5,19 +5,22 @@ B branches per request, all requests batched) is built before the target's verif
 B hits more often but may outlast the verify, and once the hit rate saturates more branches buy
 nothing. So each round, for the K the worker asked for, the draft picks B maximising
 
-    tokens / second = [h(B) E_hit + (1 - h(B)) E_miss] / [max(V, T(B)) + (1 - h(B)) T_miss]
+    tokens / second = [h(B) E_hit + (1 - h(B)) E_miss] / [E max(V, T(B)) + (1 - h(B)) T_miss]
 
 from measured quantities only: V the target's verify (sent by the worker), T(B) the tree time
 predicted by this draft's own forward-cost curve (calibrated at start on the device, scaled by
 every forward it runs since) times the measured ratio of whole trees to their predictions (what
 a tree costs besides its forwards: proposing, forking, and kernels whose cost is not linear in
-the rows, e.g. oneDNN's packed matmul), h(B) the hit rate the fan-out estimator predicts for B's schedule
+the rows, e.g. oneDNN's packed matmul), spread by the measured scatter of whole trees around
+their prediction (a tree planned to end just at the verify's end overruns half the time: the
+expectation over that scatter leaves the margin the noise asks for), h(B) the hit rate the fan-out estimator predicts for B's schedule
 from the observed acceptance and ranks of t*, and the backup's measured tokens and latency. A
 user's --ssd-fanout-budget or --ssd-fanout fixes B and this is not used.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Optional
 
@@ -27,6 +30,7 @@ from sglang_ssd.fanout import FanoutEstimator, geometric_fanout
 CALIBRATION_TOKENS = (1, 2, 4, 8, 16, 32, 64)
 SCALE_DECAY = 0.9  # per forward: the scale follows the live context length within ~10 forwards
 TREE_DECAY = 0.7  # per tree: a tree that overran the verify shrinks the next budget within ~3 trees
+SPREAD_DECAY = 0.9  # per tree: the scatter of trees around their prediction, over ~10 trees
 
 
 class ForwardCost:
@@ -98,6 +102,7 @@ class BudgetPlanner:
         self.b_max = max(1, b_max)
         self.cost = cost
         self.tree_ratio = 1.0  # measured whole trees / their forwards' predicted cost
+        self.tree_var = 0.0  # mean squared relative error of that prediction (0 until measured)
         self.last: dict = {}
 
     def _forwards(self, k: int, n_seqs: int, budget: int) -> float:
@@ -111,7 +116,14 @@ class BudgetPlanner:
         pred = self._forwards(k, n_seqs, budget)
         if pred > 0 and seconds > 0:
             ratio = min(max(seconds / pred, 0.25), 4.0)
+            err = ratio / self.tree_ratio - 1.0  # what the corrected prediction missed by
+            self.tree_var = SPREAD_DECAY * self.tree_var + (1 - SPREAD_DECAY) * err * err
             self.tree_ratio = TREE_DECAY * self.tree_ratio + (1 - TREE_DECAY) * ratio
+
+    @property
+    def tree_spread(self) -> float:
+        """The relative standard deviation of whole trees around their prediction."""
+        return math.sqrt(self.tree_var)
 
     def choose(self, k: int, n_seqs: int, verify_s: float, est: FanoutEstimator,
                miss_tokens: float, miss_seconds: Callable[[float], float], cap: int) -> tuple[int, list[int]]:
@@ -124,15 +136,26 @@ class BudgetPlanner:
             h = est.predicted_hit(fan)
             tree = self.tree_seconds(k, n_seqs, b)
             misses = n_seqs * (1.0 - h)
-            round_s = max(verify_s, tree) + (1.0 - h ** n_seqs) * miss_seconds(max(misses, 1.0))
+            round_s = expected_max(verify_s, tree, self.tree_spread * tree) + \
+                (1.0 - h ** n_seqs) * miss_seconds(max(misses, 1.0))
             rate = (h * g + (1.0 - h) * miss_tokens) / max(round_s, 1e-9)
             if best is None or rate > best[0] * (1 + 1e-3):  # a larger B must buy something
                 best = (rate, b, fan, h, tree)
         rate, b, fan, h, tree = best
         self.last = {"budget": b, "predicted_hit": round(h, 4), "tree_ms": round(tree * 1e3, 1),
                      "verify_ms": round(verify_s * 1e3, 1), "cost_scale": round(self.cost.scale, 3),
-                     "tree_ratio": round(self.tree_ratio, 3)}
+                     "tree_ratio": round(self.tree_ratio, 3), "tree_spread": round(self.tree_spread, 3)}
         return b, fan
+
+
+def expected_max(v: float, mu: float, sigma: float) -> float:
+    """E max(v, T) for T normal with mean mu and standard deviation sigma (max(v, mu) at 0)."""
+    if sigma <= 0:
+        return max(v, mu)
+    z = (v - mu) / sigma
+    below = 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))  # P(T <= v)
+    density = math.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    return v + (mu - v) * (1.0 - below) + sigma * density
 
 
 def miss_model(policy, k: int, n_seqs: int, cost: ForwardCost,

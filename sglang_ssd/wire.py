@@ -13,7 +13,8 @@ from typing import Optional, Union
 import msgspec
 
 
-PROTOCOL_VERSION = 4  # 2: compact q' (Spec.q_ids, q_counts); 3: Step.predraft (sync rounds); 4: Spec.partial
+PROTOCOL_VERSION = 5  # 2: compact q' (Spec.q_ids, q_counts); 3: Step.predraft (sync rounds); 4: Spec.partial;
+# 5: Step.warm carries Warm (first speculations pre-drafted during the target's prefill)
 # Larger messages are dropped by ZeroMQ before they are read (ZMQ_MAXMSGSIZE): a Step carries
 # prompts and outcomes, so 256 MiB is far beyond any real one.
 MAX_TO_DRAFT_BYTES = 256 << 20
@@ -40,6 +41,17 @@ class Sampling(msgspec.Struct, frozen=True):
     top_p: float = 1.0
     min_p: float = 0.0
     seed: Optional[int] = None
+
+
+class Warm(msgspec.Struct, frozen=True):
+    """A request the target is about to prefill. `first`: the draft may pre-draft the speculations
+    after its likeliest first tokens (first_drafts.py); False for a grammar-constrained request or
+    outside SSD rounds."""
+
+    rid: str
+    prompt: list[int]
+    sampling: Optional[Sampling] = None
+    first: bool = False
 
 
 class Begin(msgspec.Struct, frozen=True):
@@ -86,9 +98,10 @@ class Step(msgspec.Struct, tag="step", frozen=True):
     reply: bool = True
     verify_s: float = 0.0
     depth: int = 0
-    # Prompts the target is about to prefill: the draft computes their KV into its prefix cache
-    # meanwhile, so the Begin that follows finds it there (best effort; bad ones are skipped).
-    warm: list[list[int]] = []
+    # Requests the target is about to prefill: the draft computes their prompts' KV into its
+    # prefix cache meanwhile, so the Begin that follows finds it there, and pre-drafts their first
+    # speculations (best effort; bad ones are skipped).
+    warm: list[Warm] = []
     # False: answer, then build no tree (a sync round: the next round's speculations are drafted
     # when it comes, from the true context).
     predraft: bool = True
@@ -133,6 +146,7 @@ class Plan(msgspec.Struct, frozen=True):
     power: float = 0.0
     predicted_hit: float = 0.0  # the time-sized budget's prediction for this schedule (0: fixed B)
     tree_pred_s: float = 0.0  # and the tree time it predicted
+    jit_s: float = 0.0  # drafting the live requests just in time (a sync round's wait); 0: unknown
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -148,6 +162,8 @@ class Health(msgspec.Struct, frozen=True):
     misses: int = 0
     backup_threshold: int = 0  # the adaptive policy's live b*
     last_round: int = -1  # the latest round the draft accepted
+    first_predrafted: int = 0  # Begins that found their first speculation pre-drafted (since start)
+    first_missed: int = 0  # pre-drafted Begins whose first token was not among those drafted after
     out_of_order: bool = False  # this Step was refused whole: its round was not after last_round
 
 

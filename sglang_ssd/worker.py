@@ -36,7 +36,8 @@ from sglang_ssd.fanout import resolve_fanout
 from sglang_ssd.grammar import apply_chain_mask, speculated_grammar_mask
 from sglang_ssd.mode_planner import ModePlanner
 from sglang_ssd.qlaw import unpack as unpack_q
-from sglang_ssd.request_view import begin_of, sampling_of, seeded_first_token
+from sglang_ssd.request_view import begin_of, sampling_of, seeded_first_token, warm_of
+from sglang_ssd.round_timing import RoundTiming, TreeTimes
 from sglang_ssd.target_verify import (decode_forward, prepare_verify, replays_graphs, sample_first_position,
                                       seeded_first_tokens, spec_logprobs)
 from sglang_ssd.verify import accept_chain, accept_sampled_rows, plain_path_reason
@@ -67,6 +68,7 @@ class SSDWorker(BaseSpecWorker):
         self.tp_rank = get_parallel().tp_rank
         self.tp_group = get_parallel().tp_group
         self.stats = ssd_stats.RUNNING
+        self.timing = RoundTiming(self.planner, self.stats)
         self.vocab_size = int(self.model_runner.model_config.vocab_size)
         budget = self.cfg.fanout_budget or (None if self.cfg.fanout else 3 * (k_init + 1))
         fixed = self.cfg.fanout if self.cfg.fanout is None or len(self.cfg.fanout) == self.k + 1 else \
@@ -77,8 +79,6 @@ class SSDWorker(BaseSpecWorker):
         self.round = 0
         self._generation = 0  # draft process generation the synced states belong to
         self._last_reply_at = float("-inf")
-        self._table_version = -1  # the planners' tables as last copied into the statistics
-        self._verify_s = 0.0  # moving average of the target's verify forward (the backup policy uses it)
         self._predrafted = True  # whether the last exchange let the draft pre-draft (lookups count)
         self.client: Optional[DraftClient] = None
         self.metrics = None
@@ -162,8 +162,8 @@ class SSDWorker(BaseSpecWorker):
     def _prefill(self, batch, on_publish, pp_proxy_tensors) -> GenerationBatchResult:
         # A paused draft (plain rounds) is told nothing; the first speculated round resyncs it.
         talk = self.client is not None and batch.forward_mode.is_extend() and self.planner.mode != "plain"
-        if talk:  # the draft prefills these prompts while the target does (wire.Step.warm)
-            warm = [list(r.origin_input_ids) + list(r.output_ids) for r in batch.reqs if r.rid not in self.synced]
+        if talk:  # the draft prefills these prompts and drafts their first speculations meanwhile
+            warm = [warm_of(r, self.planner.mode == "ssd") for r in batch.reqs if r.rid not in self.synced]
             if warm:
                 self.round += 1
                 self._send(wire.Step(round=self.round, warm=warm, reply=False, depth=self.planner.k,
@@ -244,9 +244,9 @@ class SSDWorker(BaseSpecWorker):
         self.round += 1
         t0 = time.perf_counter()
         reply = self._send(wire.Step(round=self.round, begins=begins, outcomes=outcomes, releases=releases,
-                                     verify_s=self._verify_s, depth=k, predraft=predraft))
+                                     verify_s=self.timing.verify_s, depth=k, predraft=predraft))
         wait = time.perf_counter() - t0
-        specs, tree = {}, (0.0, 0)
+        specs, tree = {}, TreeTimes()
         if reply is not None and reply.health.out_of_order:
             # The draft saw a later round than ours (a corrupted or forged Step got through):
             # move past it and resync every request next round instead of refusing them.
@@ -258,7 +258,7 @@ class SSDWorker(BaseSpecWorker):
         elif reply is not None:
             specs = {s.rid: s for s in reply.specs if len(s.tokens) == k}
             self.stats.record_partial([s.partial for s in specs.values()])
-            tree = (reply.times.tree_s, reply.times.depth)
+            tree = TreeTimes(reply.times.tree_s, reply.times.depth, reply.plan.jit_s)
             for r in reply.refusals:
                 logger.warning("SSD draft refused request %s, serving it without the draft: %s",
                                r.rid, r.reason)
@@ -310,7 +310,7 @@ class SSDWorker(BaseSpecWorker):
         q', hit flags, the draft wait and the draft's tree time; K = 0 in plain rounds."""
         bs = len(batch.reqs)
         pending = [int(r.output_ids[-1]) if r.output_ids else int(r.origin_input_ids[-1]) for r in batch.reqs]
-        tree, wait = (0.0, 0), 0.0
+        tree, wait = TreeTimes(), 0.0
         qs, hits = [None] * bs, [None] * bs
         if self.tp_rank == 0 and mode == "plain":
             self._pause(batch.reqs)
@@ -347,9 +347,7 @@ class SSDWorker(BaseSpecWorker):
         if torch.cuda.is_available() and str(self.device).startswith("cuda"):
             torch.cuda.synchronize()  # the verify time is the kernels', not their launch
         took = time.perf_counter() - t0
-        if k:
-            self._verify_s = 0.9 * self._verify_s + 0.1 * took if self._verify_s else took
-        self.stats.verify_s += took
+        self.timing.verified(k, took)
         logits_output = result.logits_output
         logits = logits_output.next_token_logits
 
@@ -384,8 +382,7 @@ class SSDWorker(BaseSpecWorker):
         unspeculated = [p or k == 0 for p in plain_rows]
         self.stats.record_round(res.k, hits, wait, unspeculated, depth=k, mode=mode)
         if self.tp_rank == 0:
-            overrun = wait if any(h is not None for h in hits) else 0.0  # else: new requests' first drafts
-            self._observe(mode, k, bs, res.k, unspeculated, took, time.perf_counter() - t_round, wait, overrun, tree)
+            self.timing.observe(mode, k, bs, res.k, unspeculated, hits, took, time.perf_counter() - t_round, wait, tree)
         if self.metrics is not None:
             self.metrics.publish(self.stats)
         self.stats.round_s += time.perf_counter() - t_round
@@ -408,17 +405,3 @@ class SSDWorker(BaseSpecWorker):
                                               accept_tokens=accept_tokens, accept_lens=accept_lens),
             speculative_num_draft_tokens=n,
         )
-
-    def _observe(self, mode, k, bs, ks, unspeculated, verify_s, round_s, wait, overrun, tree) -> None:
-        """The planner learns from this round; its tables reach the statistics when they change."""
-        served = ks if mode == "plain" else [kk for kk, p in zip(ks, unspeculated) if not p]
-        self.planner.observe(mode, k, bs, served, verify_s, round_s, wait, tree[0], tree[1], overrun_s=overrun)
-        depth = self.planner.depth
-        self.stats.live_k = depth.k
-        self.stats.live_mode = self.planner.mode
-        version = (depth.version, self.planner.version)
-        if version != self._table_version:  # not every round
-            self._table_version = version
-            if depth.auto:
-                self.stats.auto_k = depth.table()
-            self.stats.modes = self.planner.table()

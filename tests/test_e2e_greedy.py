@@ -288,9 +288,15 @@ def test_seeded_self_draft_is_accepted_whole(servers, prompts):
     hits (with fresh randomness the bonus token would be a draw from a flat random-weight
     distribution, rarely among the few forks)."""
     sp = {"temperature": 1.0, "max_new_tokens": 40, "ignore_eos": True}
+    before = ssd(servers, "draft_same").ssd_stats()
     outs = [ssd(servers, "draft_same").generate(prompts[i], dict(sp, sampling_seed=i)) for i in range(4)]
     accept, hit_rate, rounds = _round_stats(outs)
     assert rounds >= 8 and accept > K - 0.5 and hit_rate > 0.9, (accept, hit_rate, rounds)
+    # the draft ranked each request's first token by the seeded noise it is drawn with, during
+    # the prefill: every first speculation was pre-drafted after the very token the target drew
+    after = ssd(servers, "draft_same").ssd_stats()
+    assert after["draft_first_predrafted"] - before["draft_first_predrafted"] == 4
+    assert after["draft_first_missed"] == before["draft_first_missed"]
 
 
 def test_draft_prefix_cache_through_the_server(servers, prompts, hf_target):
@@ -307,4 +313,6 @@ def test_draft_prefix_cache_through_the_server(servers, prompts, hf_target):
     # the warm message computed the new tokens into the cache while the target prefilled, so the
     # Begin that followed took the whole prompt from it
     assert after["draft_prefill_reused"] - before["draft_prefill_reused"] == len(base) + len(extra)
+    # and drafted the first speculation after its likeliest first tokens (the target's own here)
+    assert after["draft_first_predrafted"] - before["draft_first_predrafted"] == 1
     assert out["output_ids"] == hf_greedy(hf_target, base + extra, 12)

@@ -16,9 +16,11 @@ class World:
     """True per-mode costs: (tokens per request-round, round seconds, verify seconds, wait seconds),
     with per-round multiplicative noise on the times (uniform +-noise)."""
 
-    def __init__(self, modes: dict, noise: float = 0.10, seed: int = 0, overruns: bool = True):
+    def __init__(self, modes: dict, noise: float = 0.10, seed: int = 0, overruns: bool = True,
+                 jit: float = 0.0):
         self.modes, self.noise, self.rng = modes, noise, random.Random(seed)
         self.overruns = overruns  # False: every wait is for new requests' first drafts, not a tree
+        self.jit = jit  # the draft's estimate of drafting a round just in time (0: it has none)
 
     def round(self, planner: ModePlanner, bs: int = 1) -> str:
         mode, k = planner.plan(bs)
@@ -30,7 +32,8 @@ class World:
             j = int(e - 1) + (1 if self.rng.random() < (e - 1) - int(e - 1) else 0)
             acc.append(min(j, k) if mode != "plain" else 0)
         planner.observe(mode, k, bs, acc, verify_s=v * f, round_s=r * f, wait_s=w * f,
-                        tree_s=v * 0.9, tree_k=k, overrun_s=w * f if self.overruns else 0.0)
+                        tree_s=v * 0.9, tree_k=k, overrun_s=w * f if self.overruns else 0.0,
+                        jit_s=self.jit if mode != "plain" else 0.0)
         return mode
 
 
@@ -97,6 +100,33 @@ def test_sync_wins_when_the_tree_outlasts_the_verify():
     assert seen[-500:].count("sync") > 480
 
 
+def test_sync_is_probed_when_drafting_just_in_time_costs_less_than_the_overrun():
+    """The same tree overrun, with the draft's estimate of drafting just in time (0.7 s: sync's
+    true wait) below it: sync is predicted better and found at the first decision."""
+    modes = {"ssd": (4.0, 3.0, 1.2, 1.7), "sync": (4.0, 2.0, 1.2, 0.7), "plain": (1.0, 1.0, 0.95, 0.0)}
+    p, w = planner(), World(modes, jit=0.7)
+    seen = [w.round(p) for _ in range(2000)]
+    assert seen.index("sync") == EVERY
+    assert seen[-500:].count("sync") > 480
+    assert p.table()["bs1-1"]["measured"]["ssd"]["jit_ms"] == pytest.approx(700.0)
+
+
+def test_no_sync_probe_when_drafting_just_in_time_costs_more_than_the_overrun():
+    """The real pair on a CPU (batch 1, HumanEval, T=0): SSD's round 381 ms = verify 298 + a
+    34 ms tree overrun, 4.76 tokens; drafting K=4 tokens just in time costs ~300 ms, so a sync
+    round (~650 ms) loses. Without the draft's estimate the overrun alone predicted sync at
+    4.76 / 0.347 s (better than SSD's 4.76 / 0.381 s) and probed it, 8 rounds at ~650 ms each.
+    With it, sync is never visited in 2000 rounds (plain, predicted at 0.33 of SSD's rate, is
+    still probed on its schedule)."""
+    modes = {"ssd": (4.76, 0.381, 0.298, 0.081), "sync": (4.76, 0.65, 0.298, 0.35),
+             "plain": (1.0, 0.29, 0.28, 0.0)}
+    assert "sync" in [w.round(p) for p, w in [(planner(), World(modes))] for _ in range(4 * EVERY)]
+    p, w = planner(), World(modes, jit=0.30)
+    seen = [w.round(p) for _ in range(2000)]
+    assert "sync" not in seen
+    assert seen[-500:].count("ssd") >= 490
+
+
 def test_no_sync_probe_for_waits_on_new_requests_first_drafts():
     """The same waits, but for the draft's first drafts of requests that just began (sync rounds
     wait for those too): no sync probe, however long."""
@@ -152,3 +182,42 @@ def test_a_new_bucket_starts_where_its_nearest_settled_neighbour_did():
     assert p.plan(4) == ("plain", 0)
     seen = [w.round(p, 4) for _ in range(30 * EVERY)]
     assert seen[: 2 * EVERY] == ["plain"] * (2 * EVERY) and "ssd" in seen
+
+
+def test_round_timing_feeds_the_planner_and_the_statistics():
+    """The worker's round times reach the planner: a round whose requests looked up a tree
+    counts its wait as the tree's overrun, a round of new requests (no lookups) does not; the
+    draft's just-in-time estimate rides along; the verify sent to the draft is the median of the
+    latest speculated verifies (a cold first one stops counting at once), plain decode steps
+    are not among them; the server's first (cold) rounds are not learnt from; the planners'
+    tables reach the statistics."""
+    from types import SimpleNamespace
+
+    from sglang_ssd.round_timing import COLD_ROUNDS, RoundTiming, TreeTimes
+
+    p = planner()
+    stats = SimpleNamespace(verify_s=0.0, live_k=0, live_mode="", auto_k={}, modes={})
+    t = RoundTiming(p, stats)
+    assert t.verify_s == 0.0
+    t.verified(K, 1.05)  # a cold first verify
+    t.verified(0, 0.1)  # a plain decode step: not a verify the draft sizes its tree against
+    t.verified(K, 0.48)
+    t.verified(K, 0.3)
+    assert t.verify_s == pytest.approx(0.48) and stats.verify_s == pytest.approx(1.93)
+    for _ in range(2):
+        t.verified(K, 0.29)
+    assert t.verify_s == pytest.approx(0.3)  # the cold one no longer weighs on the median
+    t.verified(K, 0.31)
+    assert t.verify_s == pytest.approx(0.3)
+    for _ in range(COLD_ROUNDS):  # the server's first rounds run cold: not learnt from
+        t.observe("ssd", K, 1, [0], [False], [True], 1.0, 1.2, 0.2, TreeTimes(0.6, K, 0.4))
+    assert p.table() == {} and stats.modes == {}
+    t.observe("ssd", K, 1, [4], [False], [None], 0.3, 0.5, 0.2, TreeTimes(0.3, K, 0.25))  # first drafts
+    t.observe("ssd", K, 1, [4], [False], [True], 0.3, 0.4, 0.1, TreeTimes(0.3, K, 0.35))  # a tree's overrun
+    m = p.table()["bs1-1"]["measured"]["ssd"]
+    assert m["rounds"] == 2 and m["wait_ms"] == pytest.approx(150.0) and m["overrun_ms"] == pytest.approx(50.0)
+    assert m["jit_ms"] == pytest.approx(300.0)
+    # copied when the table changed (the bucket's first round), not at every round
+    assert stats.modes["bs1-1"]["measured"]["ssd"]["rounds"] == 1 and stats.live_k == K and stats.live_mode == "ssd"
+    t.observe("ssd", K, 1, [2, 3], [False, True], [True, True], 0.3, 0.4, 0.0, TreeTimes())
+    assert p.table()["bs1-1"]["measured"]["ssd"]["rounds"] == 3  # one request served by the draft

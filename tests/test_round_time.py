@@ -11,12 +11,18 @@ again by its Begin, and the first decode round is answered between tree steps.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
+import torch
+
+from conftest import hf_greedy
 from sglang_ssd import wire
 from sglang_ssd.backup_policy import BackupPolicy
+from sglang_ssd.sampling import gumbel_choice, param_tensors, processed_probs
 from sglang_ssd.fanout import FanoutEstimator, geometric_fanout
-from sglang_ssd.tree_budget import BudgetPlanner, ForwardCost, plan_budget
+from sglang_ssd.tree_budget import BudgetPlanner, ForwardCost, expected_max, plan_budget
 
 
 def _linear_cost(c0: float, c1: float) -> ForwardCost:
@@ -112,6 +118,34 @@ def test_trees_slower_than_their_forwards_shrink_the_budget():
     assert p.tree_ratio == pytest.approx(1 + (1 - 0.7 ** 3), rel=1e-6)
 
 
+def test_expected_max_of_the_verify_and_a_scattered_tree():
+    assert expected_max(1.0, 0.8, 0.0) == 1.0 and expected_max(1.0, 1.3, 0.0) == 1.3
+    assert expected_max(1.0, 1.0, 0.1) == pytest.approx(1.0 + 0.1 / math.sqrt(2 * math.pi))
+    assert expected_max(1.0, 0.2, 0.1) == pytest.approx(1.0) and expected_max(1.0, 2.0, 0.1) == pytest.approx(2.0)
+    # against a quadrature of E max(1, T), T ~ N(0.95, 0.1)
+    xs = [0.95 + 0.1 * (i / 1000.0) for i in range(-8000, 8001)]
+    w = [math.exp(-0.5 * ((x - 0.95) / 0.1) ** 2) for x in xs]
+    assert expected_max(1.0, 0.95, 0.1) == pytest.approx(sum(max(1.0, x) * wi for x, wi in zip(xs, w)) / sum(w), rel=1e-6)
+
+
+def test_scattered_trees_leave_a_margin_before_the_verify_ends():
+    """Trees that scatter +-15% around their (unbiased) prediction: a tree planned to end just at
+    the verify's end would overrun it half the time. The planner keeps the same ratio but takes a
+    smaller budget than without scatter, one whose expected round is shorter."""
+    cost = _linear_cost(0.10, 0.02)
+    est = _estimator(4, 0.9, [0.7, 0.1, 0.05, 0.05, 0.03])
+    p0, b0 = _choose(cost, 1.5, est, miss_s_per=0.4, miss_tokens=4.0)
+    p = BudgetPlanner(15, cost)
+    for i in range(20):
+        p.observe_tree(4, 1, b0, (1.15 if i % 2 else 0.85) * p._forwards(4, 1, b0))
+    assert p.tree_spread == pytest.approx(0.15, rel=0.2) and p.tree_ratio == pytest.approx(1.0, abs=0.05)
+    b, _ = p.choose(4, 1, 1.5, est, 4.0, lambda m: 0.4 * m, cap=1000)
+    assert b < b0 and p.last["tree_spread"] == pytest.approx(p.tree_spread, abs=1e-3)
+    sd = p.tree_spread
+    assert expected_max(1.5, p.tree_seconds(4, 1, b), sd * p.tree_seconds(4, 1, b)) < \
+        expected_max(1.5, p.tree_seconds(4, 1, b0), sd * p.tree_seconds(4, 1, b0))
+
+
 def test_batch_shares_the_tree_so_the_budget_per_request_shrinks():
     cost = _linear_cost(0.05, 0.01)
     est = _estimator(4, 0.9, [0.9, 0.05, 0.02])
@@ -167,13 +201,41 @@ def test_speculator_builds_the_planned_tree_and_measures_its_forwards(draft):
     assert draft.pool.num_used == 0
 
 
+def test_the_plan_carries_the_cost_of_drafting_just_in_time(draft):
+    """What a sync round would wait for (the mode planner weighs sync with it): before any
+    just-in-time drafting, the cost curve's K-chain (the tree at B = 1); once the neural backup
+    has run, its measured latency; 0 with neither."""
+    from sglang_ssd.speculator import Speculator
+
+    k = 3
+    bare = Speculator(draft, k, [1] * (k + 1), "neural", 8)
+    assert bare.jit_seconds(1) == 0.0 and bare.plan().jit_s == 0.0
+    planner = BudgetPlanner(12, _linear_cost(0.01, 0.05))
+    est = FanoutEstimator(k, 12, cap=draft.vocab_size - 1)
+    sp = Speculator(draft, k, est.schedule, "neural", 8, estimator=est, planner=planner)
+    sp.begin([wire.Begin(rid="r", prompt=[5, 6, 7, 8, 9], pending=10)])
+    spec = sp.lookup([wire.Outcome(rid="r", k=-1, t_star=10, committed_len=5)])[0][0]
+    c = planner.cost  # (its scale follows the forwards the first speculation ran)
+    assert sp.plan().jit_s == pytest.approx(planner.tree_seconds(k, 1, 1)) == pytest.approx(c(k + 1) + k * c(1))
+    assert sp.jit_seconds(2) == pytest.approx(planner.tree_seconds(k, 2, 1))
+    # no tree was built: the lookup misses and the neural backup drafts just in time
+    sp.lookup([wire.Outcome(rid="r", k=0, t_star=spec.tokens[0] + 1, committed_len=6)])
+    assert sp.last_backup == "neural" and sp.policy.neural_measured()
+    assert sp.plan().jit_s == pytest.approx(sp.policy.neural_seconds(1))
+    assert sp.plan().jit_s != pytest.approx(planner.tree_seconds(k, 1, 1))
+    sp.release(["r"])
+    sp.prefix.clear()
+    assert draft.pool.num_used == 0
+
+
 def test_a_warmed_prompt_is_not_computed_again_by_its_begin(draft):
     from sglang_ssd.speculator import Speculator
 
     k = 2
     prompt = list(range(20, 60))
     warm = Speculator(draft, k, [1, 1, 1], "neural", 8)
-    warm.warm([prompt, [draft.vocab_size + 3]])  # a bad prompt is skipped, not fatal
+    warm.warm([wire.Warm(rid="w", prompt=prompt),
+               wire.Warm(rid="bad", prompt=[draft.vocab_size + 3], first=True)])  # skipped, not fatal
     assert warm.prefill_computed == len(prompt)
     warm.begin([wire.Begin(rid="w", prompt=prompt, pending=7)])
     assert warm.prefill_computed == len(prompt) and warm.prefill_reused == len(prompt)
@@ -186,6 +248,70 @@ def test_a_warmed_prompt_is_not_computed_again_by_its_begin(draft):
         s.release(list(s.seqs))
         s.prefix.clear()
     assert draft.pool.num_used == 0
+
+
+def test_first_speculations_are_predrafted_while_the_target_prefills(draft, hf_target, monkeypatch):
+    """During the target's prefill the draft pre-drafts, for each request asking for it, the
+    speculation after each of its F = fanout[0] likeliest first tokens (greedy: the K tokens the
+    model itself continues with). The Begin whose first token is among them runs no forward and
+    its first lookup answers that speculation; one whose first token is not drafts it then (K
+    forwards); requests not asking, and released ones, keep nothing."""
+    from sglang_ssd.speculator import Speculator
+
+    k, prompts = 3, [list(range(30, 50)), list(range(60, 75)), list(range(80, 90)), list(range(5, 25))]
+    sp = Speculator(draft, k, [2, 1, 1, 1], "neural", 8)
+    sp.warm([wire.Warm(rid="a", prompt=prompts[0], first=True), wire.Warm(rid="b", prompt=prompts[1], first=True),
+             wire.Warm(rid="n", prompt=prompts[2]), wire.Warm(rid="gone", prompt=prompts[3], first=True)])
+    assert sp.prefill_computed == sum(map(len, prompts)) and set(sp.first.entries) == {"a", "b", "gone"}
+    with torch.no_grad():
+        top = [torch.topk(hf_target(torch.tensor([p])).logits[0, -1], 2).indices.tolist() for p in prompts[:2]]
+    assert sorted(sp.first.entries["a"]) == sorted(top[0]) and sorted(sp.first.entries["b"]) == sorted(top[1])
+    for c in top[0]:
+        assert sp.first.entries["a"][c][0] == hf_greedy(hf_target, prompts[0] + [c], k)
+    sp.release(["gone"])
+    assert "gone" not in sp.first.entries
+    calls = []
+    real = draft.forward
+    monkeypatch.setattr(draft, "forward", lambda *a: calls.append(len(a[0])) or real(*a))
+    sp.begin([wire.Begin(rid="a", prompt=prompts[0], pending=top[0][1])])
+    assert calls == [] and sp.first.found == 1  # nothing left to compute on the first round's path
+    spec = sp.lookup([wire.Outcome(rid="a", k=-1, t_star=top[0][1], committed_len=len(prompts[0]))])[0][0]
+    assert spec.tokens == hf_greedy(hf_target, prompts[0] + [top[0][1]], k)
+    other = next(t for t in range(40, 60) if t not in top[1])
+    sp.begin([wire.Begin(rid="b", prompt=prompts[1], pending=other),
+              wire.Begin(rid="n", prompt=prompts[2], pending=7)])
+    assert calls == [2] * k and sp.first.missed == 1 and sp.first.found == 1 and not sp.first.entries
+    spec = sp.lookup([wire.Outcome(rid="b", k=-1, t_star=other, committed_len=len(prompts[1]))])[0][0]
+    assert spec.tokens == hf_greedy(hf_target, prompts[1] + [other], k)
+    sp.release(list(sp.seqs))
+    sp.prefix.clear()
+    assert draft.pool.num_used == 0
+
+
+def test_predrafted_first_speculations_of_sampled_requests_ship_their_law(draft, hf_target):
+    """A sampled request's pre-drafted first speculation carries the compact q' its tokens were
+    drawn from (the target's rejection sampling needs it); a seeded one's candidates are ranked by
+    the Gumbel scores its first token is drawn with, so they include that token."""
+    from sglang_ssd.speculator import Speculator
+
+    k, prompt = 2, list(range(100, 130))
+    law = wire.Sampling(temperature=1.0, top_p=0.9)
+    sp = Speculator(draft, k, [3, 1, 1], "neural", 8)
+    sp.warm([wire.Warm(rid="s", prompt=prompt, sampling=law, first=True)])
+    first = next(iter(sp.first.entries["s"]))
+    sp.begin([wire.Begin(rid="s", prompt=prompt, pending=first, sampling=law)])
+    spec = sp.lookup([wire.Outcome(rid="s", k=-1, t_star=first, committed_len=len(prompt))])[0][0]
+    assert sp.first.found == 1 and len(spec.tokens) == k and spec.q_counts and len(spec.q_counts) == k
+    seeded = wire.Sampling(temperature=1.0, seed=7)
+    sp.warm([wire.Warm(rid="z", prompt=prompt, sampling=seeded, first=True)])
+    with torch.no_grad():
+        logits = hf_target(torch.tensor([prompt])).logits[0, -1:].float()
+    probs = processed_probs(logits, **param_tensors([seeded]))
+    drawn = int(gumbel_choice(probs, 7, [len(prompt)])[0])  # the target's seeded first token
+    assert list(sp.first.entries["z"])[0] == drawn
+    sp.release(list(sp.seqs) + ["z"])
+    sp.prefix.clear()
+    assert draft.pool.num_used == 0 and not sp.first.entries
 
 
 def test_cpu_draft_dtype_default(models, monkeypatch):
