@@ -86,7 +86,6 @@ def _concurrent(server, n_tokens, during=None):
     with ThreadPoolExecutor(8) as ex:
         futs = [ex.submit(server.generate, p, sp) for p in PROMPTS]
         if during is not None:
-            time.sleep(0.3)
             during()
         return [f.result()["output_ids"] for f in futs]
 
@@ -109,7 +108,10 @@ def test_failed_draft_loses_no_request_and_comes_back(own_server, hf_target, how
     before = own_server.ssd_stats()
     pid = before["draft_pid"]
 
-    def fail():
+    def fail():  # once the draft has served a few of these requests' rounds: they are in flight
+        deadline = time.monotonic() + 60
+        while own_server.ssd_stats()["spec_rounds"] < before["spec_rounds"] + 16 and time.monotonic() < deadline:
+            time.sleep(0.01)
         os.kill(pid, getattr(signal, how))
 
     t0 = time.monotonic()
