@@ -11,11 +11,13 @@ mean toward the geometric law G(K) = (1 - a^(K+1)) / (1 - a) at the per-token ac
 measured over all rounds (worth N0 rounds); it still learns what the law misses (the backup's
 share, hits in easy stretches). Every `every` rounds the controller moves K one step toward the
 neighbour with the best throughput E/R (a neighbour whose tree would outlast the verify is
-predicted with that wait: R grows by T - V); a tree that does not fit sends K down unless the shallower tree, measured or predicted, serves fewer tokens per second
-(its round no longer waits for the tree, but it proposes fewer tokens: on the real pair on a CPU,
-a K=4 tree overrunning a 248 ms verify by 20 ms still served 18 tokens/s against K=3's 16). A
-neighbour not measured recently is visited when predicted better (or, when no neighbour is
-measured, when predicted close): E = G, V and T extrapolated from the depths measured (linear; with one depth the tree grows in proportion to K and the verify stays flat).
+predicted with that wait: R grows by T - V); a tree that does not fit sends K down unless the
+shallower tree, measured or predicted, serves fewer tokens per second (its round no longer waits
+for the tree, but it proposes fewer tokens: on the real pair on a CPU, a K=4 tree overrunning a
+248 ms verify by 20 ms still served 18 tokens/s against K=3's 16). A neighbour not measured
+recently is visited when predicted better (or, when no neighbour is measured, when predicted
+close): E = G, V and T extrapolated from the depths measured (linear; with one depth the tree
+grows in proportion to K and the verify stays flat).
 Measurements age out after MAX_AGE decisions, so a verdict is revisited when the load or the text
 changes. Each bucket keeps its own K: a server that alternates between light and heavy load
 switches at once.

@@ -13,9 +13,10 @@ every forward it runs since) times the measured ratio of whole trees to their pr
 a tree costs besides its forwards: proposing, forking, and kernels whose cost is not linear in
 the rows, e.g. oneDNN's packed matmul), spread by the measured scatter of whole trees around
 their prediction (a tree planned to end just at the verify's end overruns half the time: the
-expectation over that scatter leaves the margin the noise asks for), h(B) the hit rate the fan-out estimator predicts for B's schedule
-from the observed acceptance and ranks of t*, and the backup's measured tokens and latency. A
-user's --ssd-fanout-budget or --ssd-fanout fixes B and this is not used.
+expectation over that scatter leaves the margin the noise asks for), h(B) the hit rate the
+fan-out estimator predicts for B's schedule from the observed acceptance and ranks of t*, and the
+backup's measured tokens and latency. A user's --ssd-fanout-budget or --ssd-fanout fixes B and
+this is not used.
 """
 
 from __future__ import annotations
