@@ -58,7 +58,17 @@ PROTOCOL_TEXT = {
     "pinned": "Protocol pinned (the paper's): every process of the target server on core 0 (STANDALONE's "
               "draft inside it); SSD's draft process (all threads, --ssd-draft-threads 1) on core 1; client on core 1",
     "shared": "Protocol shared: every process may use every core",
+    "equal": "Equal cores (the headline): every mode on the same two cores, each at its best configuration "
+             "measured here (pinned: target on one core and SSD's draft on the other; shared: every process "
+             "on both cores), the better of the two per mode and cell",
 }
+
+
+def cpu_label() -> str:
+    from sglang_ssd.kernels import cpu_caps
+
+    c = cpu_caps.caps()
+    return f"{c.model} [{c.label}]"
 
 
 def log(msg: str) -> None:
@@ -78,7 +88,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--concurrent-sets", default=modes.MIXED, help="'mixed' (the requests cycle over the sets) "
                     "or a comma list of sets, each served --concurrency at a time")
     ap.add_argument("--modes", default=",".join(modes.MODES))
-    ap.add_argument("--protocols", default="pinned", help="pinned and/or shared")
+    ap.add_argument("--protocols", default="pinned,shared", help="pinned and/or shared (both: the report's "
+                    "headline is the equal-cores table, each mode at the better of the two)")
+    ap.add_argument("--shared-modes", default="ar,ngram,sd", help="modes also run under the shared protocol "
+                    "(the baselines, whose best configuration is measured; SSD uses both cores either way)")
     ap.add_argument("--sd-steps", help="N candidates for STANDALONE (qwen-coder 3,5; smollm2 2,3,4,5,6); one "
                     "server start each; a single value skips the tuning")
     ap.add_argument("--ssd-steps", default="auto", help="K for SSD: auto (no --speculative-num-steps) or a "
@@ -149,10 +162,11 @@ def main() -> None:
         f"[compare] draft {draft} ({facts.get('draft')})\n[compare] {sizing}\n[compare] server logs in {logdir}")
 
     steps = {"ar": 0, "ngram": args.ngram_tokens, "sd": sd_candidates[0], "sync-sd": sd_candidates[0],
-             "ssd": ssd_candidates[0]}
+             "ssd": ssd_candidates[0], "ssd-f32": ssd_candidates[0]}
     res = {"pair": args.pair, "pair_label": f"local pair {target.name} + {draft.name}" if args.target else pair.label,
            "target": str(target), "draft": str(draft),
-           "draft_facts": facts, "machine": f"{platform.machine()}, {os.cpu_count()} cores", "modes": run_modes,
+           "draft_facts": facts, "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu_label()}",
+           "modes": run_modes,
            "labels": {m: servers.LABELS[m] for m in run_modes}, "steps": steps, "tuning": {}, "errors": {},
            "sets": sets, "temperatures": temps, "concurrency": [1, *levels], "concurrent_sets": conc_sets,
            "prompts_per_set": args.prompts, "max_new_tokens": args.max_new_tokens, "sizing": sizing,
@@ -169,6 +183,8 @@ def main() -> None:
         os.sched_setaffinity(0, {1} if pinned else my_cpus)  # pinned: the client stays off the target's core
         res["protocols"][proto], res["errors"][proto] = {}, {}
         for mode in run_modes:
+            if proto == "shared" and "pinned" in protocols and mode not in args.shared_modes.split(","):
+                continue
             start = lambda n, mode=mode: servers.start_checked(target, draft, mode, n, pinned, logdir)  # noqa: E731
             try:
                 run = None
@@ -197,6 +213,7 @@ def main() -> None:
     bar.close()
     res["wall_min"] = (time.perf_counter() - t_start) / 60
     res["complete"] = True
+    report.add_equal_cores(res)
     res["greedy_mismatches"] = report.check_greedy(res)
     res["verdict"] = report.verdict(res)
     args.out.write_text(json.dumps(res, indent=1))

@@ -1,13 +1,17 @@
-"""Why a verify of K+1 tokens costs ~2x a decode step on this CPU, and what bfloat16 would change.
+"""Linear layers of a 1.5B Qwen body for M = 1..16 rows: every CPU kernel candidate and the one chosen.
 
-    python bench/cpu_gemm.py [--core 1] [--threads 1]
+    python bench/cpu_gemm.py [--core 1] [--threads 1] [--tokens 1,2,3,5,9,16] [--dtypes float32,bfloat16]
 
-Times torch's linear layers over the shapes SGLang runs for Qwen2.5-Coder-1.5B (merged QKV
-1536->2048, O 1536->1536, merged gate_up 1536->17920, down 8960->1536), 28 layers, for M tokens at
-once (M = 1 is a decode step, M = K+1 a verify), float32 and bfloat16, F.linear against x @ W^T
-pre-transposed, and oneDNN's matmul over a prepacked weight (kernels/cpu_linear.py, what every CPU
-server of this package runs for M >= 2). At small M these GEMMs are bound by reading the weights,
-so a kernel that reads them once costs the same for M = 1 and M = 5; one that does not, costs more.
+Times the shapes SGLang runs for Qwen2.5-Coder-1.5B (merged QKV 1536->2048, O 1536->1536, merged
+gate_up 1536->17920, down 8960->1536), 28 layers, for M tokens at once (M = 1 is a decode step,
+M = K+1 a verify): torch's F.linear, the project's AVX2 kernel (kernels/cpu_rowdot.py, float32, one
+thread) and oneDNN's prepacked matmul (where this CPU can make the pack: a bfloat16 pack needs
+avx512bw/vl/dq or avx_ne_convert; the row says why when it cannot), then the plan the measured
+choice (kernels/cpu_linear.py) gives each shape, as every CPU server of this package runs it. At
+small M these GEMMs are bound by reading the weights, so a kernel that reads them once costs about
+the same for M = 1 and M = 5. The CPU class is printed (an AVX2 CPU can be approximated on an
+AVX-512 one with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2;
+the label then says "emulated").
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sglang_ssd.kernels import cpu_linear
+from sglang_ssd.kernels import cpu_caps, cpu_linear, cpu_rowdot
 
 H, INTER, LAYERS = 1536, 8960, 28
 SHAPES = {"qkv": (2048, H), "o": (H, H), "gate_up": (2 * INTER, H), "down": (H, INTER)}
@@ -40,23 +44,36 @@ def main() -> None:
     ap.add_argument("--core", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tokens", default="1,2,3,5,9,16")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
     args = ap.parse_args()
     os.sched_setaffinity(0, {args.core})
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"## Linear layers of a 1.5B Qwen body ({LAYERS} layers), ms, core {args.core}, {args.threads} thread(s)\n")
-    print("| dtype | M tokens | F.linear | x @ W^T (pre-transposed) | oneDNN packed (as the servers run it) |\n|---|---|---|---|---|")
-    for dt in (torch.float32, torch.bfloat16):
+    caps = cpu_caps.caps()
+    print(f"## Linear layers of a 1.5B Qwen body ({LAYERS} layers), ms, core {args.core}, {args.threads} thread(s), "
+          f"CPU {caps.model} [{caps.label}]\n")
+    print("| dtype | M tokens | F.linear | rowdot (ours, AVX2) | oneDNN packed | chosen | chosen / M=1 chosen |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.dtypes.split(","):
+        dt = getattr(torch, name)
         ws = {k: torch.randn(*s).to(dt) for k, s in SHAPES.items()}
-        wts = {k: w.t().contiguous() for k, w in ws.items()}
-        packs = {k: cpu_linear.PackedWeight(w) for k, w in ws.items()} if cpu_linear.available() else {}
+        why = cpu_linear.can_pack(dt)
+        packs = {k: cpu_linear._pack(w) for k, w in ws.items()} if not why else {}
+        kernels = {k: cpu_linear.LinearKernel(w.clone()) for k, w in ws.items()}
+        rowdot = dt == torch.float32 and args.threads == 1 and cpu_rowdot.available()
+        one = None
         for m in [int(x) for x in args.tokens.split(",")]:
             xs = {k: torch.randn(m, w.shape[1]).to(dt) for k, w in ws.items()}
             lin = sum(best_ms(lambda k=k: F.linear(xs[k], ws[k])) for k in ws) * LAYERS
-            mm = sum(best_ms(lambda k=k: xs[k] @ wts[k]) for k in ws) * LAYERS
-            packed = (sum(best_ms(lambda k=k: cpu_linear.packed_linear(xs[k], ws[k], None, packs[k])) for k in ws)
-                      * LAYERS if packs else float("nan"))
-            print(f"| {str(dt).split('.')[-1]} | {m} | {lin:.0f} | {mm:.0f} | {packed:.0f} |", flush=True)
+            rd = (sum(best_ms(lambda k=k: cpu_rowdot.linear(xs[k], ws[k])) for k in ws) * LAYERS) if rowdot else None
+            pk = (sum(best_ms(lambda k=k: cpu_linear._run("onednn", xs[k], None, packs[k], None)) for k in ws)
+                  * LAYERS) if packs else None
+            ch = sum(best_ms(lambda k=k: kernels[k](xs[k], ws[k])) for k in ws) * LAYERS
+            one = ch if one is None else one
+            paths = "/".join(sorted({kernels[k].plan.path_for(m) for k in ws}))
+            print(f"| {name} | {m} | {lin:.0f} | {f'{rd:.0f}' if rd is not None else '-'} | "
+                  f"{f'{pk:.0f}' if pk is not None else 'cannot: ' + why} | {ch:.0f} ({paths}) | {ch / one:.2f}x |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,11 @@ def timed(fn, n=7):
     for _ in range(n):
         t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
     return 1e3 * statistics.median(ts)
-prefill = timed(lambda: m.forward([5] * 500, list(range(500)), pre, [pre[: i + 1] for i in range(500)]))
+from sglang_ssd.draft_batch import Group, run, slot_tensor
+empty, ctx = slot_tensor([]), slot_tensor(pre)
+prefill = timed(lambda: m.forward([run(empty, [5] * 500, 0, pre)], logits=False))
 q = m.pool.alloc(100)
-tree = timed(lambda: m.forward([7] * 100, [500] * 100, q, [pre + [s] for s in q]))
+tree = timed(lambda: m.forward([Group(ctx, [7] * 100, [500] * 100, q, [[s] for s in q])]))
 print(json.dumps({"load_s": load, "prefill_500_ms": prefill, "tree_100x500_ms": tree}))
 """
 

@@ -2,7 +2,7 @@
 
     python bench/draft_precision.py [--pair qwen-coder] [--prompts 2] [--tokens 48]
 
-For each draft dtype (float32, bfloat16) and torch thread count (1 on one core, 2 on two), times
+For each draft dtype (float32, bfloat16, int8: dynamic int8 linear layers) and torch thread count (1 on one core, 2 on two), times
 the draft's forward of n new tokens over a 256-token context (what a glue or tree step of n
 branches costs; SSD's own slot-KV draft model, best of 3) and measures greedy agreement: the share
 of positions where the draft's argmax equals the target's greedy token, teacher-forced on the
@@ -40,6 +40,17 @@ def reference(target: Path, prompts: list[list[int]], tokens: int) -> list[list[
     return outs
 
 
+def plain_model(draft: Path, dtype: str):
+    """The draft as a plain Hugging Face model with the linear layers SSD's draft process gives it."""
+    from transformers import AutoModelForCausalLM
+
+    from sglang_ssd.draft_linears import prepare_linears, weights_dtype
+
+    model = AutoModelForCausalLM.from_pretrained(str(draft), dtype=weights_dtype(dtype)).eval()
+    prepare_linears(model, dtype, "cpu")
+    return model
+
+
 def agreement(model, prompts, conts) -> float:
     import torch
 
@@ -58,6 +69,8 @@ def main() -> None:
     ap.add_argument("--pair", default="qwen-coder", choices=sorted(pairs.PAIRS))
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--dtypes", default="float32,bfloat16,int8")
+    ap.add_argument("--threads", default="1,2", help="torch threads to time (1: core 1; 2: cores 0-1)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "draft_precision.json")
     args = ap.parse_args()
     import torch
@@ -73,10 +86,12 @@ def main() -> None:
     torch.set_num_threads(2)
     conts = reference(target, prompts, args.tokens)
     rows = []
-    for dtype in ("float32", "bfloat16"):
+    from sglang_ssd.kernels import cpu_caps
+
+    for dtype in args.dtypes.split(","):
+        agree = agreement(plain_model(draft, dtype), prompts, conts)
         dm = DraftModel(str(draft), "cpu", dtype, 4096)
-        agree = agreement(dm.model, prompts, conts)
-        for threads, cpus in ((1, {1}), (2, {0, 1})):
+        for threads, cpus in [(t, {1} if t == 1 else set(range(t))) for t in map(int, args.threads.split(","))]:
             os.sched_setaffinity(0, cpus)
             torch.set_num_threads(threads)
             fwd = calibration_forward(dm)
@@ -89,11 +104,12 @@ def main() -> None:
                     fwd(n)
                     best = min(best, time.perf_counter() - t0)
                 ms[n] = round(best * 1e3, 1)
-            rows.append({"dtype": dtype, "threads": threads, "agreement": round(agree, 4), "forward_ms": ms})
+            rows.append({"dtype": dtype, "threads": threads, "agreement": round(agree, 4), "forward_ms": ms,
+                         "cpu": cpu_caps.caps().label})
             print(f"[precision] {dtype} threads={threads}: agreement {agree:.3f}, forward ms {ms}", flush=True)
         del dm
     print(f"\n## Draft precision and threads: {pairs.PAIRS[args.pair].label}, this CPU "
-          f"({os.cpu_count()} cores), {args.prompts} HumanEval prompts x {args.tokens} target tokens\n")
+          f"({os.cpu_count()} cores, {cpu_caps.caps().label}), {args.prompts} HumanEval prompts x {args.tokens} target tokens\n")
     print("| dtype | threads | greedy agreement | " + " | ".join(f"{n} tok ms" for n in SIZES) + " |")
     print("|---|---|---|" + "---|" * len(SIZES))
     for r in rows:

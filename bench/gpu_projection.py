@@ -10,7 +10,10 @@ ipc socket, decoded and copied to the device). Then it evaluates the paper's rou
 those times and with the hit rate and acceptance measured on the CPU pair (bench/compare.py's
 JSON, or the numbers below): tokens/s of AR, synchronous SD and SSD per K, and SSD's best K.
 Random weights accept nothing, so every speedup here is a PROJECTION, labelled as one.
-`--shapes tiny --device cpu` runs the same code in seconds, so the script is checked without a GPU.
+Every forward runs at fixed shapes (the same KV slots written each call), eagerly and, on CUDA,
+as a captured CUDA graph replay (sglang_ssd/cuda_graphs.py): the tables give both, since on a GPU
+launch overhead is most of a small model's step. `--shapes tiny --device cpu` runs the same code
+in seconds (eager only), so the script is checked without a GPU.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -92,24 +96,89 @@ def timed(fn, device: str, reps: int) -> float:
     return statistics.median(out)
 
 
+class _FixedLayer:
+    """One layer's KV for a fixed-shape forward: `ctx` prefix slots then the n new tokens' slots,
+    written in place at the same slots every call (so a CUDA graph replays it unchanged)."""
+
+    is_compileable = False
+    is_sliding = False
+
+    def __init__(self, write: torch.Tensor, length: int):
+        self.write, self.length = write, length
+        self.keys = self.values = None
+        self.is_initialized = False
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if self.keys is None:
+            b, h, _, d = key_states.shape
+            self.keys = key_states.new_zeros(b, h, self.length, d)
+            self.values = value_states.new_zeros(b, h, self.length, value_states.shape[-1])
+            self.is_initialized = True
+        self.keys.index_copy_(2, self.write, key_states)
+        self.values.index_copy_(2, self.write, value_states)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length, 0
+
+
 class Forward:
-    """Decode-time forwards of `n` new tokens per row over a `ctx`-token prefix, the prefix KV
-    kept and the new tokens' KV dropped after each call."""
+    """Decode-time forwards of `n` new tokens per row over a `ctx`-token prefix, at fixed shapes:
+    the same slots are written every call, so `eager()` and the CUDA graph `graphed()` replays
+    (cuda_graphs.StaticGraph) time the same work. The prefix KV is zeros: costs do not depend on
+    values (random weights accept nothing anyway)."""
 
-    def __init__(self, model, rows: int, ctx: int, device: str):
-        from transformers import DynamicCache
+    def __init__(self, model, rows: int, ctx: int, n: int, device: str):
+        from transformers.cache_utils import Cache
 
-        self.model, self.ctx, self.device, self.rows = model, ctx, device, rows
+        self.model, self.device = model, device
+        dtype = next(model.parameters()).dtype
         vocab = model.config.vocab_size
-        self.cache = DynamicCache(config=model.config)
-        with torch.no_grad():
-            model(torch.randint(0, vocab, (rows, ctx), device=device), past_key_values=self.cache, use_cache=True)
+        write = torch.arange(ctx, ctx + n, device=device)
+        self.cache = Cache(layers=[_FixedLayer(write, ctx + n) for _ in range(model.config.num_hidden_layers)])
+        g = torch.Generator(device="cpu").manual_seed(rows * 1000 + n)
+        self.ids = torch.randint(0, vocab, (rows, n), generator=g, device="cpu").to(device)
+        self.pos = (torch.arange(n, device=device) + ctx).view(1, -1).expand(rows, n).contiguous()
+        mask = torch.zeros(n, ctx + n, dtype=dtype, device=device)
+        mask[:, ctx:] = torch.full((n, n), float("-inf"), dtype=dtype, device=device).triu(1)
+        self.mask = mask.view(1, 1, n, ctx + n).expand(rows, 1, n, ctx + n).contiguous()
+        self.graph = None
 
-    def __call__(self, n: int) -> None:
-        with torch.no_grad():
-            ids = torch.randint(0, self.model.config.vocab_size, (self.rows, n), device=self.device)
-            self.model(ids, past_key_values=self.cache, use_cache=True)
-        self.cache.crop(self.ctx)
+    @torch.inference_mode()
+    def _run(self):
+        return self.model(input_ids=self.ids, position_ids=self.pos, attention_mask=self.mask,
+                          past_key_values=self.cache, use_cache=True).logits
+
+    def eager(self) -> None:
+        self._run()
+
+    def capture(self) -> bool:
+        """Capture the CUDA graph (False off CUDA or when capture fails, logged)."""
+        from sglang_ssd.cuda_graphs import StaticGraph, graphs_available
+
+        if not graphs_available(self.device):
+            return False
+        try:
+            with torch.inference_mode():
+                self.graph = StaticGraph(lambda: self._run(), {})
+        except Exception as e:
+            print(f"  CUDA graph capture failed ({type(e).__name__}: {e}); eager only", flush=True)
+            torch.cuda.synchronize()
+            self.graph = None
+        return self.graph is not None
+
+    def graphed(self) -> None:
+        self.graph.replay()
+
+
+def both(fwd: "Forward", device: str, reps: int, graphs: bool) -> tuple[float, Optional[float]]:
+    """(eager seconds, CUDA-graph seconds or None) of one forward, medians of reps."""
+    eager = timed(fwd.eager, device, reps)
+    graph = timed(fwd.graphed, device, reps) if graphs and fwd.capture() else None
+    return eager, graph
 
 
 def handoff_s(bs: int, k: int, vocab: int, sampled: bool, device: str, reps: int) -> float:
@@ -181,6 +250,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--cpu-json", type=Path, default=BENCH / "results" / "compare.json")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time every forward as a CUDA graph replay (CUDA only)")
     args = ap.parse_args()
     dev = args.device
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if dev.startswith("cuda") else torch.float32)
@@ -195,52 +266,73 @@ def main() -> None:
           f"{cpu['hit_rate']:.2f}, SSD accept {cpu['ssd_accept_len']:.2f} (a={a_ssd:.2f}), SD accept "
           f"{cpu['sd_accept_len']:.2f} (a={a_sd:.2f}); built in {time.perf_counter() - t0:.0f} s", flush=True)
     rows, ks = [], [int(x) for x in args.ks.split(",")]
+    graphs = args.graphs and dev.startswith("cuda")
+
+    def ms(x):
+        return None if x is None else x * 1e3
+
     for bs in [int(x) for x in args.batches.split(",")]:
-        tgt = Forward(target, bs, args.ctx, dev)
-        drf = Forward(draft, bs, args.ctx, dev)
-        tree_rows = Forward(draft, bs * args.budget, args.ctx, dev)
-        one = Forward(draft, 1, args.ctx, dev)
-        ar = timed(lambda: tgt(1), dev, args.reps)
-        d_step = timed(lambda: drf(1), dev, args.reps)
-        b_step = timed(lambda: tree_rows(1), dev, args.reps)
-        backup_step = timed(lambda: one(1), dev, args.reps)
+        ar, ar_g = both(Forward(target, bs, args.ctx, 1, dev), dev, args.reps, graphs)
+        d_step, d_step_g = both(Forward(draft, bs, args.ctx, 1, dev), dev, args.reps, graphs)
+        b_step, b_step_g = both(Forward(draft, bs * args.budget, args.ctx, 1, dev), dev, args.reps, graphs)
+        one, one_g = both(Forward(draft, 1, args.ctx, 1, dev), dev, args.reps, graphs)
         h_greedy = handoff_s(bs, 4, tfields["vocab_size"], False, dev, args.reps * 5)
         h_sampled = handoff_s(bs, 4, tfields["vocab_size"], True, dev, args.reps)
         for k in ks:
-            verify = timed(lambda: tgt(k + 1), dev, args.reps)
-            glue = timed(lambda: drf(k + 1), dev, args.reps)
-            tree = glue + k * b_step
-            backup = k * backup_step
+            verify, verify_g = both(Forward(target, bs, args.ctx, k + 1, dev), dev, args.reps, graphs)
+            glue, glue_g = both(Forward(draft, bs, args.ctx, k + 1, dev), dev, args.reps, graphs)
             p = cpu["hit_rate"]
-            e_ssd = expected_tokens(a_ssd, k)
-            ssd_round = p * max(verify, tree) + (1 - p) * (verify + backup) + h_greedy
-            sd_round = verify + k * d_step
-            rows.append(dict(batch=bs, k=k, ar_ms=ar * 1e3, verify_ms=verify * 1e3, tree_ms=tree * 1e3,
-                             tree_over_verify=tree / verify, backup_ms=backup * 1e3, handoff_ms=h_greedy * 1e3,
-                             handoff_sampled_ms=h_sampled * 1e3, draft_step_ms=d_step * 1e3,
-                             ar_tok_s=bs / ar, sd_tok_s=bs * expected_tokens(a_sd, k) / sd_round,
-                             ssd_tok_s=bs * e_ssd / ssd_round))
-            print(f"  batch {bs} K={k}: verify {verify * 1e3:.2f} ms, tree {tree * 1e3:.2f} ms", flush=True)
-        del tgt, drf, tree_rows, one
-    print("\n| batch | K | AR step ms | verify ms | tree ms (B=%d) | tree/verify | backup ms | hand-off ms "
-          "(greedy / with q') | AR tok/s | SD tok/s (proj.) | SSD tok/s (proj.) | SSD/SD | SSD/AR |" % args.budget)
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['batch']} | {r['k']} | {r['ar_ms']:.2f} | {r['verify_ms']:.2f} | {r['tree_ms']:.2f} | "
-              f"{r['tree_over_verify']:.2f} | {r['backup_ms']:.2f} | {r['handoff_ms']:.3f} / {r['handoff_sampled_ms']:.3f} | "
-              f"{r['ar_tok_s']:.0f} | {r['sd_tok_s']:.0f} | {r['ssd_tok_s']:.0f} | "
-              f"{r['ssd_tok_s'] / r['sd_tok_s']:.2f}x | {r['ssd_tok_s'] / r['ar_tok_s']:.2f}x |")
-    best = {}
-    for r in rows:
-        if r["tree_over_verify"] <= 1 and (r["batch"] not in best or r["ssd_tok_s"] > best[r["batch"]]["ssd_tok_s"]):
-            best[r["batch"]] = r
-    for bs, r in best.items():
-        print(f"PROJECTION batch {bs}: best K whose tree fits the verify = {r['k']} "
-              f"(SSD {r['ssd_tok_s']:.0f} tok/s, {r['ssd_tok_s'] / r['sd_tok_s']:.2f}x SD, {r['ssd_tok_s'] / r['ar_tok_s']:.2f}x AR)")
+            e_ssd, e_sd = expected_tokens(a_ssd, k), expected_tokens(a_sd, k)
+
+            def rates(ar_s, verify_s, glue_s, b_s, d_s, one_s):
+                tree = glue_s + k * b_s
+                ssd_round = p * max(verify_s, tree) + (1 - p) * (verify_s + k * one_s) + h_greedy
+                return tree, bs / ar_s, bs * e_sd / (verify_s + k * d_s), bs * e_ssd / ssd_round
+
+            tree, ar_r, sd_r, ssd_r = rates(ar, verify, glue, b_step, d_step, one)
+            row = dict(batch=bs, k=k, ar_ms=ar * 1e3, verify_ms=verify * 1e3, tree_ms=tree * 1e3,
+                       tree_over_verify=tree / verify, backup_ms=k * one * 1e3, handoff_ms=h_greedy * 1e3,
+                       handoff_sampled_ms=h_sampled * 1e3, draft_step_ms=d_step * 1e3, tree_step_ms=b_step * 1e3,
+                       ar_tok_s=ar_r, sd_tok_s=sd_r, ssd_tok_s=ssd_r,
+                       ar_graph_ms=ms(ar_g), verify_graph_ms=ms(verify_g), tree_step_graph_ms=ms(b_step_g),
+                       tree_graph_ms=None, ar_tok_s_graphs=None, sd_tok_s_graphs=None, ssd_tok_s_graphs=None)
+            if None not in (ar_g, verify_g, glue_g, b_step_g, d_step_g, one_g):
+                tree_g, ar_rg, sd_rg, ssd_rg = rates(ar_g, verify_g, glue_g, b_step_g, d_step_g, one_g)
+                row.update(tree_graph_ms=tree_g * 1e3, ar_tok_s_graphs=ar_rg, sd_tok_s_graphs=sd_rg,
+                           ssd_tok_s_graphs=ssd_rg)
+            rows.append(row)
+            g_note = f" (graphs: verify {verify_g * 1e3:.2f} ms, tree {row['tree_graph_ms']:.2f} ms)" \
+                if row["tree_graph_ms"] is not None else ""
+            print(f"  batch {bs} K={k}: verify {verify * 1e3:.2f} ms, tree {tree * 1e3:.2f} ms{g_note}", flush=True)
+        if dev.startswith("cuda"):
+            torch.cuda.empty_cache()
+    for label, sfx in (("eager", ""), ("CUDA graphs", "_graphs")):
+        if sfx and not any(r["ssd_tok_s_graphs"] is not None for r in rows):
+            print(f"\n(no CUDA-graph rows: {'no CUDA here' if not dev.startswith('cuda') else 'disabled or capture failed'})")
+            continue
+        key = {"": ("verify_ms", "tree_ms", "ar_ms"), "_graphs": ("verify_graph_ms", "tree_graph_ms", "ar_graph_ms")}[sfx]
+        print(f"\n{label}: | batch | K | AR step ms | verify ms | tree ms (B=%d) | tree/verify | backup ms | hand-off ms "
+              "(greedy / with q') | AR tok/s | SD tok/s (proj.) | SSD tok/s (proj.) | SSD/SD | SSD/AR |" % args.budget)
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            v_ms, t_ms, a_ms = (r[x] for x in key)
+            ar_r, sd_r, ssd_r = r["ar_tok_s" + sfx], r["sd_tok_s" + sfx], r["ssd_tok_s" + sfx]
+            print(f"| {r['batch']} | {r['k']} | {a_ms:.2f} | {v_ms:.2f} | {t_ms:.2f} | "
+                  f"{t_ms / v_ms:.2f} | {r['backup_ms']:.2f} | {r['handoff_ms']:.3f} / {r['handoff_sampled_ms']:.3f} | "
+                  f"{ar_r:.0f} | {sd_r:.0f} | {ssd_r:.0f} | {ssd_r / sd_r:.2f}x | {ssd_r / ar_r:.2f}x |")
+        best = {}
+        for r in rows:
+            fits = r[key[1]] / r[key[0]] <= 1
+            if fits and (r["batch"] not in best or r["ssd_tok_s" + sfx] > best[r["batch"]]["ssd_tok_s" + sfx]):
+                best[r["batch"]] = r
+        for bs, r in best.items():
+            print(f"PROJECTION ({label}) batch {bs}: best K whose tree fits the verify = {r['k']} "
+                  f"(SSD {r['ssd_tok_s' + sfx]:.0f} tok/s, {r['ssd_tok_s' + sfx] / r['sd_tok_s' + sfx]:.2f}x SD, "
+                  f"{r['ssd_tok_s' + sfx] / r['ar_tok_s' + sfx]:.2f}x AR)")
     out = args.out or Path(os.environ.get("OUT", BENCH / "results")) / "gpu_projection.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"shapes": args.shapes, "device": dev, "dtype": str(dtype), "ctx": args.ctx,
-                               "budget": args.budget, "cpu_pair": cpu, "rows": rows,
+                               "budget": args.budget, "cpu_pair": cpu, "rows": rows, "graphs": graphs,
                                "label": "projection: measured times, CPU-pair acceptance"}, indent=1))
     print(f"wrote {out}")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import servers
 
-MODES = ("ar", "ngram", "sd", "sync-sd", "ssd")  # the order they run and are reported in
+MODES = ("ar", "ngram", "sd", "sync-sd", "ssd", "ssd-f32")  # the order they run and are reported in
 MIXED = "mixed"  # a concurrent cell whose prompts cycle over the sets
 
 

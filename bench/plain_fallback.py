@@ -4,7 +4,9 @@
 
 A draft of random weights sharing the target's tokenizer (tiny: the test fixture's draft_random;
 qwen-coder: a one-layer Qwen2 of random weights with Qwen2.5-Coder's tokenizer, made once into
-~/.cache/sglang_ssd/models/random-qwen-draft) accepts nothing, so every speculated round costs a
+~/.cache/sglang_ssd/models/random-qwen-draft, or with --draft-shape 0.5b a draft of the real 0.5B's
+shape and random weights, random-qwen-draft-0.5b, whose steps cost what the real draft's do)
+accepts nothing, so every speculated round costs a
 verify of K+1 tokens for one token. With --ssd-mode auto (the default) the worker measures that and
 serves plain rounds. One server at a time, pinned (target core 0, SSD's draft core 1): a warm-up
 request long enough for the planner to settle (its rounds before the first plain round are
@@ -31,24 +33,26 @@ TINY_ARGS = ["--dtype", "float32", "--mem-fraction-static", "0.25", "--max-total
              "--max-running-requests", "8", "--sleep-on-idle", "--log-level", "warning"]
 
 
-def random_qwen_draft(tokenizer_from: Path) -> Path:
-    """A one-layer Qwen2 of random weights with the pair's tokenizer (cached)."""
+def random_qwen_draft(tokenizer_from: Path, shape: str = "tiny") -> Path:
+    """A Qwen2 of random weights with the pair's tokenizer (cached): one tiny layer, or ("0.5b") the
+    real draft's own configuration."""
     import shutil
 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    out = Path.home() / ".cache" / "sglang_ssd" / "models" / "random-qwen-draft"
+    out = Path.home() / ".cache" / "sglang_ssd" / "models" / ("random-qwen-draft" + ("" if shape == "tiny" else "-0.5b"))
     if (out / "config.json").exists():
         return out
     cfg = AutoConfig.from_pretrained(str(tokenizer_from))
-    cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers = 64, 128, 1
-    cfg.num_attention_heads, cfg.num_key_value_heads = 2, 1
-    cfg.tie_word_embeddings = True
-    if getattr(cfg, "layer_types", None):
-        cfg.layer_types = cfg.layer_types[:1]
-    if hasattr(cfg, "max_window_layers"):
-        cfg.max_window_layers = 1
+    if shape == "tiny":
+        cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers = 64, 128, 1
+        cfg.num_attention_heads, cfg.num_key_value_heads = 2, 1
+        cfg.tie_word_embeddings = True
+        if getattr(cfg, "layer_types", None):
+            cfg.layer_types = cfg.layer_types[:1]
+        if hasattr(cfg, "max_window_layers"):
+            cfg.max_window_layers = 1
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
     tmp = out.with_name(out.name + ".partial")
@@ -61,7 +65,7 @@ def random_qwen_draft(tokenizer_from: Path) -> Path:
     return out
 
 
-def pair(name: str) -> tuple[Path, Path, list[int], list[str]]:
+def pair(name: str, shape: str = "tiny") -> tuple[Path, Path, list[int], list[str]]:
     """(target, random draft, prompt ids, server args)."""
     if name == "tiny":
         from sglang_ssd.testing.tiny_models import default_root, make_pair_set
@@ -77,7 +81,7 @@ def pair(name: str) -> tuple[Path, Path, list[int], list[str]]:
                                     "sorted lists into one sorted list."}], add_generation_prompt=True)
     if hasattr(ids, "keys"):  # a BatchEncoding in newer transformers
         ids = ids["input_ids"]
-    return target, random_qwen_draft(real_draft), list(ids), pairs.PAIRS["qwen-coder"].server_args()
+    return target, random_qwen_draft(real_draft, shape), list(ids), pairs.PAIRS["qwen-coder"].server_args()
 
 
 def measure(srv: CPUServer, prompt: list[int], levels: list[int], requests: int, max_new: int) -> dict:
@@ -99,6 +103,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pair", default="tiny", choices=["tiny", "qwen-coder"])
     ap.add_argument("--concurrency", default="1,4")
+    ap.add_argument("--draft-shape", default="tiny", choices=["tiny", "0.5b"], help="qwen-coder's random draft: "
+                    "one tiny layer, or the real 0.5B draft's shape")
     ap.add_argument("--requests", type=int, help="requests per level (tiny 8, qwen-coder 2)")
     ap.add_argument("--max-new-tokens", type=int, help="per request (tiny 256, qwen-coder 48)")
     ap.add_argument("--warmup-tokens", type=int, help="the settling request (tiny 256, qwen-coder 48)")
@@ -109,7 +115,7 @@ def main() -> None:
     max_new = args.max_new_tokens or (256 if tiny else 48)
     warm = args.warmup_tokens or (256 if tiny else 48)
     levels = [int(x) for x in args.concurrency.split(",") if x]
-    target, draft, prompt, base = pair(args.pair)
+    target, draft, prompt, base = pair(args.pair, args.draft_shape)
     logdir = BENCH / "results" / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -137,7 +143,10 @@ def main() -> None:
                 row["modes"] = st["modes"]
         results[mode] = row
     same = all(results["ssd"]["levels"][c]["outputs"] == results["plain"]["levels"][c]["outputs"] for c in levels)
-    print(f"# SSD with a random draft vs plain decoding, pair {args.pair}, pinned; greedy outputs identical: {same}")
+    from sglang_ssd.kernels import cpu_caps
+
+    print(f"# SSD with a random draft ({args.draft_shape}) vs plain decoding, pair {args.pair}, pinned, CPU "
+          f"{cpu_caps.caps().label}; greedy outputs identical: {same}")
     print(f"warm-up: {results['ssd']['warmup_tokens']} tokens, decode steps per mode {results['ssd']['warmup_mode_steps']}, "
           f"settled into {results['ssd']['settled_mode']!r}")
     print("| concurrency | plain tok/s | SSD tok/s | SSD/plain |")

@@ -22,8 +22,9 @@ BASE_ARGS = ["--dtype", "float32", "--sleep-on-idle", "--mem-fraction-static", "
 SSD_EXTRA: list[str] = []  # --ssd-args
 MIN_FREE_GB = 0.0  # pairs.Pair.min_free_gb: the memory a server of the pair needs before it starts
 LABELS = {"ar": "AR (plain SGLang)", "ngram": "NGRAM (SGLang)", "sd": "STANDALONE (SGLang SD)",
-          "sync-sd": "sync-SD (ours, cache off)", "ssd": "SSD (ours)"}
-SPEC_MODES = ("ssd", "sync-sd")  # modes with an SSD draft process and SSD counters
+          "sync-sd": "sync-SD (ours, cache off)", "ssd": "SSD (ours)",
+          "ssd-f32": "SSD-f32 (ours, float32 draft as STANDALONE's)"}
+SPEC_MODES = ("ssd", "sync-sd", "ssd-f32")  # modes with an SSD draft process and SSD counters
 
 
 def mode_args(mode: str, draft: Path, steps: int) -> list[str]:
@@ -42,6 +43,8 @@ def mode_args(mode: str, draft: Path, steps: int) -> list[str]:
     ssd += SSD_EXTRA
     if mode == "sync-sd":  # every round drafted just in time by the neural draft, no tree
         ssd += ["--ssd-mode", "sync", "--ssd-backup", "neural"]
+    if mode == "ssd-f32":  # the draft in STANDALONE's dtype, on the same measured kernels
+        ssd += ["--ssd-draft-dtype", "float32"]
     return ssd
 
 

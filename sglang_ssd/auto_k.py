@@ -122,17 +122,6 @@ class DepthController:
             self._acc = self._acc * DECAY + min(j, k)
             self._rej = self._rej * DECAY + (1.0 if j < k else 0.0)
 
-    def verify_at(self, batch_size: int, k: int) -> Optional[float]:
-        """The verify of K+1 tokens per request predicted from this bucket's fresh measurements
-        (never below the measured one scaled down in proportion to the tokens)."""
-        b = self._buckets.get(batch_size.bit_length())
-        pts = [(kk, x.v) for kk, x in sorted(b.visits.items()) if x.fresh] if b is not None else []
-        v = extrapolate(pts, k, proportional=False)
-        if v is None:
-            return None
-        k0, v0 = pts[0]
-        return max(v, v0 * (k + 1) / (k0 + 1))
-
     def observe(self, k: int, batch_size: int, accepted: list[int], verify_s: float, round_s: float,
                 tree_s: float = 0.0, tree_k: int = 0) -> int:
         """One verified round at depth k; returns K for the next round.

@@ -27,7 +27,7 @@ def start_draft(server_args, cfg: SSDConfig, k: int, fanout: list[int], vocab_si
         gpu_id_step=int(getattr(server_args, "gpu_id_step", 1) or 1))
     endpoint = cfg.draft_endpoint and endpoint_for_replica(cfg.draft_endpoint, dp_rank)
     draft_path = server_args.speculative_draft_model_path
-    dtype = choose_draft_dtype(cfg.draft_dtype, device, server_args.dtype, draft_path)
+    dtype = choose_draft_dtype(cfg.draft_dtype, device, server_args.dtype, draft_path, cfg.draft_engine)
     target_tok = server_args.tokenizer_path or server_args.model_path
     mine = tokenizer_digest(target_tok)
 

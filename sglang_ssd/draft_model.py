@@ -1,22 +1,27 @@
 """The draft model and its slot-addressed KV pool (the torch tree-attention path).
 
 Every token's KV lives in one slot of a flat pool shared by all requests. A forward names, per
-query token, the slot it writes and the slots it may attend to; positions are logical. So a
+query token, the slot it writes, and what it attends to as a group's shared prefix (a tensor of
+slots, once per group) plus its own few slots (draft_batch.py); positions are logical. So a
 request's prefix and glue KV are written once and every branch of its speculation tree attends to
-them in place (only the branch's own tokens are new), and all branches of all requests run in one
-forward. The model is a Hugging Face causal LM driven through a Cache whose layers write at the
-named slots and read the pool's used range under an explicit mask.
+them in place (only the branch's own tokens are new), all branches of all requests run in one
+forward, and nothing the forward builds in Python grows with the context. The model is a Hugging
+Face causal LM driven through a Cache whose layers write at the named slots and whose attention
+(slot_attention.py) reads each group's keys from the pool under a block mask.
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import Sequence
+import os
+from typing import Optional, Sequence
 
 import torch
 from transformers.cache_utils import Cache, StaticLayer
 
-from sglang_ssd.kernels import cpu_linear
+from sglang_ssd import slot_attention
+from sglang_ssd.draft_batch import Group, split_rows
+from sglang_ssd.draft_linears import prepare_linears, weights_dtype
 
 
 class PoolFullError(RuntimeError):
@@ -34,7 +39,7 @@ class SlotPool:
 
     def alloc(self, n: int) -> list[int]:
         if n > len(self._free):
-            raise PoolFullError(f"draft KV pool full: need {n} slots, {len(self._free)} free of {self.size}")
+            raise PoolFullError(f"draft pool full: need {n} slots, {len(self._free)} free of {self.size}")
         out = [heapq.heappop(self._free) for _ in range(n)]
         self._used.update(out)
         return out
@@ -51,13 +56,19 @@ class SlotPool:
 
 
 class _SlotIO:
-    """Per-forward slot plan, shared by every layer of the cache."""
+    """Per-forward slots, shared by every layer of the cache."""
 
     write_slots: torch.Tensor
-    read_slots: torch.Tensor  # the union of the slots any query token may see, in mask order
+    # None: the layers return the whole pool (slot_attention gathers each group's keys). A tensor:
+    # they return the KV at these slots, for a caller that passes its own 4D additive mask over
+    # them and no plan (draft_graphs.slot_forward's fixed-shape replays).
+    read_slots: Optional[torch.Tensor] = None
 
 
 class _SlotLayer(StaticLayer):
+    """Writes the new KV at its slots and hands the attention the whole pool (slot_attention.py
+    gathers each group's keys from it)."""
+
     def __init__(self, max_cache_len: int, io: _SlotIO):
         super().__init__(max_cache_len=max_cache_len)
         self._io = io
@@ -69,55 +80,64 @@ class _SlotLayer(StaticLayer):
         self.keys.index_copy_(2, slots, key_states)
         self.values.index_copy_(2, slots, value_states)
         read = self._io.read_slots
-        return self.keys.index_select(2, read), self.values.index_select(2, read)
+        if read is not None:
+            return self.keys.index_select(2, read), self.values.index_select(2, read)
+        return self.keys, self.values
 
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MAX_ROWS = int(os.environ.get("SGLANG_SSD_DRAFT_MAX_ROWS", "512"))  # query rows per model call
 
 
 class DraftModel:
-    """Runs forwards of arbitrary token sets against the slot pool."""
+    """Runs forwards of grouped token sets (draft_batch.py) against the slot pool."""
 
-    def __init__(self, model_path: str, device: str, dtype: str, num_slots: int):
+    def __init__(self, model_path: str, device: str, dtype: str, num_slots: int, max_rows: int = MAX_ROWS):
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        slot_attention.register()
         config = AutoConfig.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=_DTYPES[dtype], attn_implementation="sdpa"
+            model_path, dtype=weights_dtype(dtype), attn_implementation=slot_attention.NAME
         ).to(device).eval()
         self.device = torch.device(device)
-        if self.device.type == "cpu" and _DTYPES[dtype] == torch.bfloat16 and cpu_linear.enabled():
-            # bf16: every row count 2x faster, same numbers. Not float32: oneDNN's per-shape caches
-            # grew a float32 draft's RSS by 27% under 64 clients (tests/test_load.py).
-            cpu_linear.pack_linears(self.model)
-        self.dtype = _DTYPES[dtype]
+        prepare_linears(self.model, dtype, self.device.type)  # int8, or each weight's measured kernel
+        self.dtype = weights_dtype(dtype)
         self.vocab_size = int(config.vocab_size)
         self.max_positions = int(getattr(config, "max_position_embeddings", 1 << 20))
+        self.max_rows = max(1, int(max_rows))
         self.pool = SlotPool(num_slots)
         self._io = _SlotIO()
         layers = [_SlotLayer(num_slots, self._io) for _ in range(config.num_hidden_layers)]
         self.cache = Cache(layers=layers)
 
     @torch.inference_mode()
-    def forward(self, tokens: Sequence[int], positions: Sequence[int], write_slots: Sequence[int],
-                visible: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Logits [len(tokens), V] (float32); token i writes write_slots[i], sees visible[i]."""
-        q = len(tokens)
-        lens = torch.tensor([len(v) for v in visible], dtype=torch.long)
-        rows = torch.repeat_interleave(torch.arange(q), lens)
-        flat = torch.tensor([s for v in visible for s in v], dtype=torch.long)
-        # Attend over the slots someone sees, not the pool's whole used range: the cost of a
-        # forward does not grow with what other requests or the prefix cache hold.
-        read, cols = torch.unique(flat, return_inverse=True)
-        mask = torch.full((q, len(read)), float("-inf"), dtype=self.dtype)
-        mask[rows, cols] = 0.0
-        self._io.write_slots = torch.tensor(write_slots, dtype=torch.long, device=self.device)
-        self._io.read_slots = read.to(self.device)
+    def forward(self, groups: Sequence[Group], logits: bool = True) -> Optional[torch.Tensor]:
+        """Logits [queries, V] (float32), the groups' queries in order; None when `logits` is False
+        (a prefill: only the KV is wanted). Runs at most max_rows queries per model call (a long run
+        is cut into chunks, in order), so memory does not grow with the tokens of one call."""
+        outs = []
+        for part in split_rows([g for g in groups if len(g)], self.max_rows):
+            out = self._forward(part, logits)
+            if logits:
+                outs.append(out)
+        if not logits:
+            return None
+        if not outs:
+            return torch.empty(0, self.vocab_size)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _forward(self, groups: list[Group], logits: bool) -> torch.Tensor:
+        dev = self.device
+        tokens = [t for g in groups for t in g.tokens]
+        positions = [p for g in groups for p in g.positions]
+        self._io.write_slots = torch.tensor([w for g in groups for w in g.write], dtype=torch.long, device=dev)
+        self._io.read_slots = None
         out = self.model(
-            input_ids=torch.tensor([list(tokens)], dtype=torch.long, device=self.device),
-            position_ids=torch.tensor([list(positions)], dtype=torch.long, device=self.device),
-            attention_mask=mask.to(self.device)[None, None],
+            input_ids=torch.tensor([tokens], dtype=torch.long, device=dev),
+            position_ids=torch.tensor([positions], dtype=torch.long, device=dev),
             past_key_values=self.cache,
             use_cache=True,
+            ssd_plan=slot_attention.build_plan(groups, dev),
+            logits_to_keep=0 if logits else 1,  # a prefill computes one row of logits, not L x V
         )
         return out.logits[0].float()

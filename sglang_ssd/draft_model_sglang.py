@@ -9,8 +9,9 @@ as ``benchmark/one_batch.py: load_model`` and ``Scheduler.init_model_worker``).
 
 How a forward maps onto SGLang: every query token is its own one-token "request" of a
 ``ForwardMode.DECODE`` batch. Token i gets its own row of ``req_to_token_pool.req_to_token``
-holding the KV slots it may see (``visible[i]`` with its write slot moved last), ``seq_lens[i] =
-len(visible[i])``, ``out_cache_loc[i] = write_slots[i]`` and ``positions[i]`` (logical). In
+holding the KV slots it may see (its group's prefix, then its own slots with its write slot last;
+draft_batch.py), written with tensor ops, ``seq_lens[i]`` = that row's length,
+``out_cache_loc[i]`` = its write slot and ``positions[i]`` (logical). In
 decode mode the attention backends write the KV of all tokens of the batch (``set_kv_buffer``)
 before attending, so a token sees slots written by earlier tokens of the same call. The order of
 the slots inside a row does not matter to attention (no causal mask in decode; RoPE is applied
@@ -24,10 +25,11 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
+from sglang_ssd.draft_batch import Group, split_rows
 from sglang_ssd.draft_model import PoolFullError, SlotPool
 
 __all__ = ["SGLangDraftModel", "SlotPool", "PoolFullError"]
@@ -137,38 +139,53 @@ class SGLangDraftModel:
         self.pool = SlotPool(num_slots)
 
     @torch.inference_mode()
-    def forward(self, tokens: Sequence[int], positions: Sequence[int], write_slots: Sequence[int],
-                visible: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Logits [len(tokens), V] (float32); token i writes write_slots[i], sees visible[i]."""
-        q = len(tokens)
-        outs = []
-        for a in range(0, q, self.max_rows):
-            b = min(q, a + self.max_rows)
-            outs.append(self._forward_chunk(tokens[a:b], positions[a:b], write_slots[a:b], visible[a:b]))
+    def forward(self, groups: Sequence[Group], logits: bool = True) -> Optional[torch.Tensor]:
+        """Logits [queries, V] (float32), the groups' queries in order (draft_batch.py); None when
+        `logits` is False."""
+        outs = [self._forward_chunk(part) for part in split_rows([g for g in groups if len(g)], self.max_rows)]
+        if not logits:
+            return None
+        if not outs:
+            return torch.empty(0, self.vocab_size)
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def _forward_chunk(self, tokens, positions, write_slots, visible) -> torch.Tensor:
+    def _fill_rows(self, groups: list[Group]) -> list[int]:
+        """Write each query's row of req_to_token (its group's prefix, then its own slots with its
+        write slot last) with tensor ops; returns the rows' lengths."""
+        dev, lens, r0 = self.device, [], 1
+        for g in groups:
+            n, L = len(g), int(g.prefix.numel())
+            own = None if g.own is None else [[s for s in o if s != w] + [w] for o, w in zip(g.own, g.write)]
+            width = L + (n if own is None else max(len(o) for o in own))
+            if width > self.row_width:
+                raise ValueError(f"a token sees {width} slots, more than SGLang's row width {self.row_width}")
+            if L:
+                self.req_to_token[r0:r0 + n, :L] = (g.prefix + _PAD).to(dev, self.req_to_token.dtype)[None, :]
+            if own is None:  # a run: query i sees write[:i + 1], its own last
+                i, j = torch.tril_indices(n, n)
+                vals = torch.tensor(g.write, dtype=torch.int64)[j]
+                lens += [L + x + 1 for x in range(n)]
+            else:
+                i = torch.repeat_interleave(torch.arange(n), torch.tensor([len(o) for o in own]))
+                j = torch.cat([torch.arange(len(o)) for o in own])
+                vals = torch.tensor([s for o in own for s in o], dtype=torch.int64)
+                lens += [L + len(o) for o in own]
+            self.req_to_token[(r0 + i).to(dev), (L + j).to(dev)] = (vals + _PAD).to(dev, self.req_to_token.dtype)
+            r0 += n
+        return lens
+
+    def _forward_chunk(self, groups: list[Group]) -> torch.Tensor:
         from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch, ForwardMode
         from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
+        tokens = [t for g in groups for t in g.tokens]
+        positions = [p for g in groups for p in g.positions]
+        write_slots = [w for g in groups for w in g.write]
         q = len(tokens)
         dev = self.device
         rows = torch.arange(1, q + 1, dtype=torch.int64)
-        # Each token's row: its visible slots with its own write slot last.
-        flat, lens = [], []
-        for v, w in zip(visible, write_slots):
-            n0 = len(flat)
-            flat.extend(s for s in v if s != w)
-            flat.append(w)
-            lens.append(len(flat) - n0)
-        if max(lens) > self.row_width:
-            raise ValueError(f"a token sees {max(lens)} slots, more than SGLang's row width {self.row_width}")
-        flat_t = torch.tensor(flat, dtype=torch.int64) + _PAD
+        lens = self._fill_rows(groups)
         lens_t = torch.tensor(lens, dtype=torch.int64)
-        r_idx = torch.repeat_interleave(rows, lens_t)
-        starts = torch.cumsum(lens_t, 0) - lens_t
-        c_idx = torch.arange(len(flat), dtype=torch.int64) - torch.repeat_interleave(starts, lens_t)
-        self.req_to_token[r_idx.to(dev), c_idx.to(dev)] = flat_t.to(dev, self.req_to_token.dtype)
 
         seq_lens_cpu = lens_t.to(torch.int32)
         fb = ForwardBatch(

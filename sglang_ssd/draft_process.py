@@ -42,9 +42,13 @@ def _die_with_parent(cleanup) -> None:
 def load_model(model_path: str, device: str, dtype: str, kv_tokens: int, engine: str):
     if engine == "sglang":  # SGLang's own ModelRunner
         from sglang_ssd.draft_model_sglang import SGLangDraftModel as cls
-    else:
-        from sglang_ssd.draft_model import DraftModel as cls
-    return cls(model_path, device, dtype, int(kv_tokens))
+        return cls(model_path, device, dtype, int(kv_tokens))
+    from sglang_ssd.draft_graphs import install
+    from sglang_ssd.draft_model import DraftModel
+
+    model = DraftModel(model_path, device, dtype, int(kv_tokens))
+    install(model)  # CUDA graphs for its forwards on a GPU (nothing on CPU or with SGLANG_SSD_DRAFT_GRAPHS=0)
+    return model
 
 
 def hello_of(cfg: dict) -> wire.Hello:

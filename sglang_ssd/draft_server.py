@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-path", help="draft model directory (same tokenizer as the target)")
     p.add_argument("--endpoint", type=endpoint_arg("--endpoint"), help="ipc://PATH or tcp://HOST:PORT to bind")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda:0 if present, else cpu)")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "int8"])
     p.add_argument("--kv-tokens", type=int, default=65536, help="KV slots in the draft's pool")
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--engine", default="hf", choices=["hf", "sglang"])
@@ -85,7 +85,10 @@ def _serve_one(args) -> int:
     from sglang_ssd.draft_service import DraftService, serve
 
     device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
-    dtype = choose_draft_dtype(args.dtype, device, "bfloat16", args.model_path)
+    dtype = choose_draft_dtype(args.dtype, device, "bfloat16", args.model_path, args.engine)
+    if dtype == "int8" and (args.engine != "hf" or device != "cpu"):
+        raise SystemExit(f"--dtype int8 is a CPU draft's dtype with --engine hf (got --engine {args.engine}, "
+                         f"--device {device})")
     if args.threads:
         torch.set_num_threads(args.threads)
     elif device == "cpu":

@@ -1,7 +1,10 @@
 """The draft side's message loop, shared by the spawned draft process and the standalone server.
 
-Answer each Step at once, then pre-draft the next round while the target verifies. Anything that
-cannot be decoded, comes out of order, or cannot be served is refused and counted, never fatal.
+Answer each Step at once, then pre-draft the next round while the target verifies; when no
+message waits, run a chunk of the queued prompt prefills (prefill_jobs.py), so a long prompt never
+holds other requests' rounds for more than a chunk (and, when messages never stop coming, one
+chunk after every BACKGROUND_EVERY of them, so the prefill still ends). Anything that cannot be decoded, comes out of
+order, or cannot be served is refused and counted, never fatal.
 A standalone server learns its speculation settings from the worker's Hello (a new Hello starts a
 new session: a restarted worker finds a clean draft); a spawned process gets them at start.
 """
@@ -26,6 +29,7 @@ from sglang_ssd.vocab import tokenizer_digest
 logger = logging.getLogger("sglang_ssd.draft")
 
 PARENT_POLL_MS = 500
+BACKGROUND_EVERY = 4  # messages handled while prefill jobs wait before one chunk runs anyway
 
 
 def check_hello(h: wire.Hello, vocab_size: int) -> Optional[str]:
@@ -62,7 +66,7 @@ class DraftService:
         prefix cache, which the new session inherits)."""
         prefix = None
         if self.spec is not None:
-            self.spec.release(list(self.spec.seqs))
+            self.spec.close()
             prefix = self.spec.prefix
         estimator, planner = None, None
         if h.fanout_budget:  # no explicit list: plan the schedule online
@@ -137,7 +141,7 @@ class DraftService:
             if msg.depth:
                 spec.set_depth(msg.depth)
             spec.verify_s = msg.verify_s
-            spec.release(msg.releases)
+            spec.release(msg.releases, keep_jobs={b.rid for b in msg.begins})  # (a resync's prefill goes on)
             if msg.warm:
                 spec.warm(list(msg.warm))
             refusals = spec.begin(list(msg.begins))
@@ -186,6 +190,17 @@ class DraftService:
             return None, waiting
         return self.handle(raw)[0], False
 
+    def has_background(self) -> bool:
+        return self.spec is not None and self.spec.has_background()
+
+    def background(self) -> None:
+        """One chunk of the queued prefills (between rounds)."""
+        try:
+            self.spec.background()
+        except Exception:
+            logger.exception("background prefill failed; its jobs are dropped")
+            self.spec.first.jobs.clear()
+
     def speculate(self, between: Optional[Callable[[], bool]] = None) -> None:
         try:
             self.spec.speculate(between)
@@ -224,15 +239,23 @@ def serve(sock: zmq.Socket, service: DraftService, alive: Callable[[], bool] = l
                 sent_at[0] = time.perf_counter()
         return cycle[0] > 0 and service.spec.worth_stopping(cycle[0])
 
+    starved = 0  # messages handled since the last chunk of background prefill
     while True:
         if pending:
             raw = pending.pop(0)
+        elif service.has_background() and (starved >= BACKGROUND_EVERY or not sock.poll(0, zmq.POLLIN)):
+            if not alive():
+                return 0
+            service.background()
+            starved = 0
+            continue
         elif not poller.poll(PARENT_POLL_MS):
             if not alive():
                 return 0
             continue
         else:
             raw = sock.recv()
+        starved += service.has_background()
         try:
             reply, draft_now = service.handle(raw)
         except _Shutdown:
@@ -240,7 +263,7 @@ def serve(sock: zmq.Socket, service: DraftService, alive: Callable[[], bool] = l
                 return 0
             logger.info("worker closed session %s", service.session)
             if service.spec is not None:
-                service.spec.release(list(service.spec.seqs))
+                service.spec.close()
             continue
         if reply is not None:
             sock.send(reply)

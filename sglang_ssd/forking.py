@@ -52,7 +52,7 @@ def fork_chains(s: DraftSeq, g: torch.Tensor, fanout: list[int], depth: int, voc
         ranked = [[] if st is None or st.is_terminated() else cands for st, cands in zip(states, ranked)]
     if states is not None or seeded:  # never fork a token the target cannot emit
         ranked = [[c for c in cands if bool(torch.isfinite(g[j, c]))] for j, cands in enumerate(ranked)]
-    forks = []
+    forks, prefix = [], s.slot_tensor()  # one prefix for all of the request's branches
     for j, cands in enumerate(ranked):
         for c in cands[: fanout[j]]:
             m = None
@@ -60,6 +60,6 @@ def fork_chains(s: DraftSeq, g: torch.Tensor, fanout: list[int], depth: int, voc
                 m = states[j].fork()
                 if not accept_all(m, [c]):
                     m = None
-            forks.append((j, c, Chain(context=s.slots + s.glue_slots[: j + 1], first=c,
+            forks.append((j, c, Chain(prefix=prefix, own=s.glue_slots[: j + 1], first=c,
                                       first_pos=len(s.tokens) + j + 1, sampling=s.sampling, matcher=m)))
     return ranked, forks

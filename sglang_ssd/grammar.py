@@ -190,7 +190,8 @@ def fill_masks(matchers: list, vocab_size: int, device) -> Optional[torch.Tensor
         return None
     import xgrammar as xgr
 
-    bm = xgr.allocate_token_bitmask(len(matchers), vocab_size)
+    with torch.device("cpu"):  # xgrammar fills its bitmask on the CPU; `device` gets the result
+        bm = xgr.allocate_token_bitmask(len(matchers), vocab_size)
     for i in live:
         matchers[i].fill_next_token_bitmask(bm, i)
     allowed = bitmask_to_bool(bm, vocab_size)

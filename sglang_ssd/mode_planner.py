@@ -13,13 +13,15 @@ of three modes, chosen per batch-size bucket (1, 2-3, 4-7, ...):
   paused for these requests (it forgets them; its prefix cache keeps their KV for the resync).
 
 Each mode's rate, tokens per request-round over round seconds, is measured over its latest visit.
-Every `every` rounds the planner decides: it moves to a measured mode only when that mode is
-better by a margin larger than the noise of both measurements (hysteresis: no flapping), visits a
-mode not measured recently at once when a prediction says it is better (plain from the measured
-verify curve; sync when SSD's tree outlasts the verify by more than drafting just in time would
-cost), and otherwise probes it now and then while it could be close (a mode that cannot be
-predicted, such as SSD seen from plain rounds, always could), at intervals that double while
-probes lose (their cost stays bounded) and reset on a win.
+A bucket's first decision comes after FIRST_WINDOW rounds (short requests are served well too),
+then every `every` rounds: the planner moves to a measured mode only when that mode is better by
+a margin larger than the noise of both measurements (hysteresis: no flapping), visits a mode not
+measured recently at once when a prediction says it is better (plain from the decode step measured
+on this machine, round_costs.py; sync when SSD's tree outlasts the verify by more than drafting just
+in time would cost), and otherwise probes it now and then while it could be close (a mode that
+cannot be predicted, such as a bucket's plain rounds before its first plain step, or SSD seen from
+plain rounds, always could), at intervals that double while probes lose (their cost stays bounded)
+and reset on a win. Plain rounds vary little (one token per request), so their probe is short.
 Measurements age out, so a change of load or of text is noticed. A user's --ssd-mode pins the mode.
 """
 
@@ -31,13 +33,19 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sglang_ssd.auto_k import DepthController
+from sglang_ssd.round_costs import TargetCosts, bucket_of
 
 MODES = ("ssd", "sync", "plain")
 EVERY = int(os.environ.get("SGLANG_SSD_MODE_EVERY", "16"))  # rounds per decision (a probe lasts half)
 MARGIN = 0.05  # a switch must promise this much more throughput ...
-SIGMAS = 3.0  # ... and more than this many standard errors of the difference
+SIGMAS = 2.5  # ... and more than this many standard errors of the difference
+PROBE_SIGMAS = 2.0  # a probe ahead by the margin is kept at this many (a wrong keep is probed back) ...
+MAX_EXTEND = 3  # ... and extended up to this many times while ahead in the mean but not that clearly
+                # (kept at the end if still ahead by the margin: home may have been measured briefly)
 MAX_AGE = 8  # decisions after which a mode's measurement is no longer trusted
-FIRST_PROBE = {"plain": 2, "sync": 4, "ssd": 8}  # decisions before a first probe without a prediction
+FIRST_WINDOW = int(os.environ.get("SGLANG_SSD_MODE_FIRST", "4"))  # rounds before a bucket's first decision
+PLAIN_PROBE = 3  # rounds of a plain probe (its rate hardly varies)
+FIRST_PROBE = {"plain": 1, "sync": 4, "ssd": 8}  # decisions before a first probe without a prediction
 MAX_BACKOFF = 64  # decisions between probes of a mode that keeps losing
 EXPLORE = 0.7  # a mode predicted at this share of the current rate is still probed now and then
 OVERRUN = 0.1  # SSD's wait beyond this share of the verify: its tree is not hidden (probe sync)
@@ -114,26 +122,30 @@ class _Bucket:
     backoff: dict = field(default_factory=lambda: dict(FIRST_PROBE))
     switches: int = 0
     probes: int = 0
+    decisions: int = 0
+    extended: int = 0  # times the probe in progress was extended (ahead, not yet clearly)
 
 
-def significantly_better(a: _Meter, b: _Meter) -> bool:
+def significantly_better(a: _Meter, b: _Meter, sigmas: float = SIGMAS) -> bool:
     """Whether mode a's measured rate beats b's by the margin and beyond both measurements' noise."""
     gap = a.rate - b.rate
     noise = math.sqrt(a.stderr ** 2 + b.stderr ** 2)
-    return gap > MARGIN * b.rate and gap > SIGMAS * noise
+    return gap > MARGIN * b.rate and gap > sigmas * noise
 
 
 class ModePlanner:
     """The one planner of a round: its mode, and K within the speculating modes (DepthController).
 
-    `pinned`: a mode the user fixed (--ssd-mode), never left; `allowed`: the modes auto may use.
+    `pinned`: a mode the user fixed (--ssd-mode), never left; `allowed`: the modes auto may use;
+    `costs`: the measured target forwards it predicts plain rounds from (fed by observe()).
     """
 
     def __init__(self, depth: DepthController, pinned: Optional[str] = None, every: int = EVERY,
-                 allowed: tuple = MODES):
+                 allowed: tuple = MODES, costs: Optional[TargetCosts] = None):
         if pinned is not None and pinned not in MODES:
             raise ValueError(f"mode {pinned!r} is not one of {MODES}")
         self.depth = depth
+        self.costs = costs if costs is not None else TargetCosts()
         self.pinned = pinned
         self.every = max(2, every)
         self.probe_rounds = max(4, self.every // 2)  # a probe's visit: long enough to see a clear loss
@@ -159,6 +171,7 @@ class ModePlanner:
         zeros), the round's wall time, its verify and its wait for the draft, of which `overrun_s`
         (default: all) waited for a tree rather than for the draft's first drafts of new requests;
         `jit_s` (0: unknown) the draft's estimate of drafting this batch just in time."""
+        self.costs.observe(batch_size, (0 if mode == "plain" else k) + 1, verify_s)
         if mode == "ssd":
             self.depth.observe(k, batch_size, accepted, verify_s, round_s, tree_s, tree_k)
         elif mode == "sync":
@@ -174,10 +187,17 @@ class ModePlanner:
         m.add(len(accepted), sum(min(j, k) + 1 for j in accepted), round_s, verify_s, wait_s,
               wait_s if overrun_s is None else overrun_s, jit_s)
         b.rounds += 1
-        if b.rounds >= (self.probe_rounds if b.probing is not None else self.every):
+        if b.rounds >= self._window(b):
             b.rounds = 0
+            b.decisions += 1
             self._decide(b)
             self.mode = b.mode
+
+    def _window(self, b: _Bucket) -> int:
+        """Rounds in the bucket's mode before its next decision."""
+        if b.probing is not None:
+            return PLAIN_PROBE if b.mode == "plain" else self.probe_rounds
+        return min(FIRST_WINDOW, self.every) if b.decisions == 0 else self.every
 
     # ---- decisions -------------------------------------------------------------------------
     def _decide(self, b: _Bucket) -> None:
@@ -188,13 +208,23 @@ class ModePlanner:
                 m.age += 1
         if b.probing is not None:  # a probe's visit is over: keep the mode only if it won
             home, back = b.probing, b.meters.get(b.probing)
-            if back is not None and back.fresh and not significantly_better(here, back):
-                self._lose(b, b.mode)
-                self._enter(b, home)
-            else:
+            longest = b.extended >= MAX_EXTEND  # ahead by the margin over the longest probe: kept too
+            if (back is None or not back.fresh or significantly_better(here, back, PROBE_SIGMAS)
+                    or (longest and here.rate > back.rate * (1 + MARGIN))):
                 b.backoff[b.mode] = FIRST_PROBE.get(b.mode, 4)
                 b.switches += 1
                 b.probing = None
+                b.extended = 0
+                if back is not None and back.rounds < self.every:  # home was seen briefly (a bucket's
+                    back.age = MAX_AGE + 1  # first rounds, maybe atypical): not trusted, looked at again
+                    b.next_probe[home] = b.backoff[home] = 1  # at the next decision, which comes
+                    b.decisions = 0  # after FIRST_WINDOW rounds
+            elif here.rate > back.rate and b.extended < MAX_EXTEND:
+                b.extended += 1  # ahead, but within the noise of a short visit: measure on
+            else:
+                b.extended = 0
+                self._lose(b, b.mode)
+                self._enter(b, home)
             return
         for mode in self.allowed:  # a measured mode that is clearly better
             m = b.meters.get(mode)
@@ -205,9 +235,13 @@ class ModePlanner:
         due = []  # modes not measured lately, predicted better or due for a probe
         for mode in self.allowed:
             m = b.meters.get(mode)
-            if mode == b.mode or (m is not None and m.fresh):
+            if mode == b.mode or (m is not None and m.fresh and m.rate <= here.rate):
                 continue
             b.next_probe[mode] = b.next_probe.get(mode, FIRST_PROBE.get(mode, 4)) - 1
+            if m is not None and m.fresh:  # measured ahead in the mean, not clearly: visit again
+                if b.next_probe[mode] <= 0:
+                    due.append((False, m.rate, mode))
+                continue
             promise, rate = self._promise(b, mode, here)
             if promise == "now" or (promise == "maybe" and b.next_probe[mode] <= 0):
                 due.append((promise == "now", rate, mode))
@@ -224,6 +258,8 @@ class ModePlanner:
             if b.mode == "plain":
                 return "no", 0.0
             predicted = self.plain_rate(here, b.size)
+            if predicted is None:  # this bucket's decode step was never measured: probe it
+                return "maybe", 0.0
             return ("now" if predicted > here.rate else "maybe" if predicted > EXPLORE * here.rate else "no"), predicted
         if mode == "sync":
             # Only SSD rounds that wait for their tree can make sync pay (a new request's first
@@ -237,20 +273,22 @@ class ModePlanner:
             jit = ssd.jit_s / ssd.jit_rounds if ssd.jit_rounds else 0.0
             bound = ssd.tokens / max(ssd.req_rounds, 1) / max((ssd.round_s - ssd.overrun_s) / ssd.rounds + jit, 1e-9)
             best = max([here.rate] + [m.rate for m in b.meters.values() if m.fresh])
-            if self.plain_rate(here, b.size) > bound:
+            plain = self.plain_rate(here, b.size)
+            if plain is not None and plain > bound:
                 return "no", 0.0
             return ("now" if bound > best * (1 + MARGIN) else "no"), bound
         return "maybe", 0.0  # ssd, from a mode that cannot predict it
 
-    def plain_rate(self, here: _Meter, batch_size: int) -> float:
+    def plain_rate(self, here: _Meter, batch_size: int) -> Optional[float]:
         """A plain round's predicted rate from a speculating mode's visit: the round without its
-        wait, with the verify of one token per request instead of K+1 (the verify curve that auto
-        K measured, extrapolated to K = 0; flat when one depth is known)."""
+        wait, with this bucket's measured decode step in place of the verify; None when no decode
+        step was measured here (never predicted from the verify: on some CPUs a verify of K+1
+        tokens costs one decode step, on others 2.4)."""
+        step = self.costs.step(batch_size)
+        if step is None:
+            return None
         n = max(here.rounds, 1)
-        v_k = here.verify_s / n
-        v_0 = self.depth.verify_at(batch_size, 0)
-        v_0 = v_k if v_0 is None else min(v_0, v_k)
-        r_0 = here.round_s / n - here.wait_s / n - v_k + v_0
+        r_0 = here.round_s / n - here.wait_s / n - here.verify_s / n + step
         return 1.0 / max(r_0, 1e-9)
 
     def _enter(self, b: _Bucket, mode: str) -> None:
@@ -266,7 +304,7 @@ class ModePlanner:
         b.probing = None
 
     def _bucket(self, batch_size: int) -> _Bucket:
-        key = batch_size.bit_length()
+        key = bucket_of(batch_size)
         b = self._buckets.get(key)
         if b is None:  # starts where the nearest bucket that has decided settled (else ssd)
             decided = [(abs(k - key), x.mode) for k, x in self._buckets.items()

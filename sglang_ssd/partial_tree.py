@@ -56,5 +56,7 @@ def complete(tokens: list[int], q: Optional[CompactQ], context: list[int], depth
     precedes the branch); a sampled branch's q' gains a one-hot row per backup token."""
     pad = ngram_propose(list(context) + list(tokens), depth - len(tokens))
     if q is not None:
-        q = CompactQ(list(q.rows) + [(torch.tensor([t], dtype=torch.int64), torch.ones(1)) for t in pad])
+        cpu = torch.device("cpu")  # compact q' rows live on the CPU (qlaw.py)
+        q = CompactQ(list(q.rows) + [(torch.tensor([t], dtype=torch.int64, device=cpu), torch.ones(1, device=cpu))
+                                     for t in pad])
     return list(tokens) + pad, q

@@ -15,6 +15,7 @@ import heapq
 import itertools
 from typing import Optional, Sequence
 
+from sglang_ssd.draft_batch import run, slot_tensor
 from sglang_ssd.draft_model import SlotPool
 
 
@@ -158,7 +159,8 @@ def _common(key: list[int], tokens: Sequence[int], start: int) -> int:
 
 def prefill_into_cache(model, cache: PrefixCache, prompt: Sequence[int]) -> int:
     """Compute the KV of a prompt's tokens the cache lacks and insert the whole prompt; returns
-    how many tokens were computed. No slot without its KV ever joins the cache."""
+    how many tokens were computed. No slot without its KV ever joins the cache. The forward sees
+    the cached part as one prefix tensor (the model cuts a long prompt into chunks)."""
     node, cached = cache.match(prompt)
     n0 = len(cached)
     if n0 >= len(prompt):
@@ -166,14 +168,12 @@ def prefill_into_cache(model, cache: PrefixCache, prompt: Sequence[int]) -> int:
     cache.lock(node)
     try:
         new = cache.alloc(len(prompt) - n0)
-        slots = list(cached) + new
         try:
-            model.forward(list(prompt[n0:]), list(range(n0, len(prompt))), new,
-                          [slots[: i + 1] for i in range(n0, len(prompt))])
+            model.forward([run(slot_tensor(cached), prompt[n0:], n0, new)], logits=False)
         except BaseException:
             model.pool.free(new)
             raise
-        model.pool.free(cache.insert(prompt, slots, n0))
+        model.pool.free(cache.insert(prompt, list(cached) + new, n0))
     finally:
         cache.unlock(node)
     return len(new)

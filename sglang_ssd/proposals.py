@@ -4,6 +4,9 @@ Greedy chains take the argmax. Sampled chains draw from q' (q Saguaro-rescaled, 
 compact law, qlaw.py) and keep each row, which is shipped so the target verifies against exactly
 the law drawn from. Seeded chains take the Gumbel-max choice of q with the noise the target will
 use (sampling.py): deterministic, so they ship no q' and Saguaro does not apply to them.
+
+Every tensor here is made on its logits' device (a CUDA draft's logits stay on the GPU until the
+compact q' rows, which are shipped, come to the CPU in qlaw.compact).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ def propose(chains: list, logits: torch.Tensor, step: int, fan: int, saguaro_c: 
     if not rows:
         return nxt
     sub = [chains[i] for i in rows]
-    q = processed_probs(logits[rows], **param_tensors([c.sampling for c in sub]))
+    q = processed_probs(logits[rows], **param_tensors([c.sampling for c in sub], logits.device))
     for j, c in enumerate(sub):
         if c.sampling.seed is not None:
             nxt[rows[j]] = int(gumbel_choice(q[j:j + 1], c.sampling.seed, [c.first_pos + step + 1])[0])
@@ -33,7 +36,7 @@ def propose(chains: list, logits: torch.Tensor, step: int, fan: int, saguaro_c: 
         return nxt
     qf = saguaro_rescale(q[free], torch.full((len(free),), fan + 1, device=q.device), saguaro_c)
     cq = qlaw.compact(qf, q_mass)  # the law each token is drawn from, exactly as shipped
-    for j, t, row in zip(free, qlaw.sample(cq, torch.rand(len(free))), cq.rows):
+    for j, t, row in zip(free, qlaw.sample(cq, torch.rand(len(free), device="cpu")), cq.rows):
         sub[j].qs.append(row)
         nxt[rows[j]] = t
     return nxt
@@ -43,5 +46,5 @@ def seeded_scores(sampling, glue_logits: torch.Tensor, base: int) -> torch.Tenso
     """A seeded request's glue rows as Gumbel scores (row j samples position base + j): forks
     then rank the likely target choices."""
     n = glue_logits.shape[0]
-    q = processed_probs(glue_logits, **param_tensors([sampling] * n))
+    q = processed_probs(glue_logits, **param_tensors([sampling] * n, glue_logits.device))
     return gumbel_scores(q, sampling.seed, range(base, base + n)).float()

@@ -5,6 +5,10 @@ the draft really samples from keeps rejection sampling lossless, so the draft sa
 compact one: each row of the (Saguaro-rescaled) q cut to its most likely tokens, at most MAX_TOKENS
 of them, until they hold MASS of the probability, renormalised. Exactly that law is shipped as
 (token ids, probabilities) and the target verifies against it, densified.
+
+The rows live on the CPU whatever device q was on: they are what goes on the wire, and the
+draw from them (`sample`) is a few CPU operations per row. `compact` brings the top tokens of
+every row to the CPU in one copy (a CUDA q is never read element by element).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ MASS = 0.9999
 
 
 class CompactQ:
-    """q' rows as (ids int64 [m_i], probs float32 [m_i]) pairs, one per drafted position."""
+    """q' rows as (ids int64 [m_i], probs float32 [m_i]) pairs on the CPU, one per drafted position."""
 
     def __init__(self, rows: list[tuple[torch.Tensor, torch.Tensor]]):
         self.rows = rows
@@ -31,7 +35,7 @@ class CompactQ:
         return CompactQ(self.rows[sl])
 
     def dense(self, vocab: int) -> torch.Tensor:
-        q = torch.zeros(len(self.rows), vocab, dtype=torch.float32)
+        q = torch.zeros(len(self.rows), vocab, dtype=torch.float32, device="cpu")
         for i, (ids, probs) in enumerate(self.rows):
             q[i, ids] = probs
         return q
@@ -40,18 +44,22 @@ class CompactQ:
         """(probs as float32 bytes, ids as int32 bytes, entries per row) for wire.Spec."""
         if not self.rows:
             return b"", b"", []
-        ids = torch.cat([r[0] for r in self.rows]).to(torch.int32)
-        probs = torch.cat([r[1] for r in self.rows]).to(torch.float32)
+        ids = torch.cat([r[0] for r in self.rows]).to(device="cpu", dtype=torch.int32)
+        probs = torch.cat([r[1] for r in self.rows]).to(device="cpu", dtype=torch.float32)
         return probs.numpy().tobytes(), ids.numpy().tobytes(), [int(r[0].numel()) for r in self.rows]
 
 
 def compact(q: torch.Tensor, mass: float = MASS, max_tokens: int = MAX_TOKENS) -> CompactQ:
-    """Each row of q [n, V] cut to its top tokens holding `mass` (at most max_tokens), renormalised."""
+    """Each row of q [n, V] (any device) cut to its top tokens holding `mass` (at most
+    max_tokens), renormalised; the rows on the CPU."""
     m = min(max_tokens, q.shape[-1])
-    vals, ids = torch.topk(q.float(), m, dim=-1)
+    qf = q.float()
+    vals, ids = torch.topk(qf, m, dim=-1)
     cum = vals.cumsum(-1)
-    total = q.float().sum(-1, keepdim=True)
+    total = qf.sum(-1, keepdim=True)
     keep = (cum - vals < mass * total).sum(-1).clamp(min=1)  # tokens until the mass is reached
+    cpu = torch.device("cpu")
+    vals, ids, keep = vals.to(cpu), ids.to(cpu), keep.to(cpu)  # one copy each, then CPU-only work
     rows = []
     for i in range(q.shape[0]):
         n = int(keep[i])
@@ -66,7 +74,8 @@ def sample(cq: CompactQ, u: torch.Tensor) -> list[int]:
     out = []
     for (ids, probs), x in zip(cq.rows, u.tolist()):
         cdf = probs.double().cumsum(0)
-        j = int(torch.searchsorted(cdf, torch.tensor([x * float(cdf[-1])], dtype=torch.float64)).clamp(max=len(ids) - 1))
+        point = torch.tensor([x * float(cdf[-1])], dtype=torch.float64, device=cdf.device)
+        j = int(torch.searchsorted(cdf, point).clamp(max=len(ids) - 1))
         out.append(int(ids[j]))
     return out
 
@@ -77,11 +86,12 @@ def unpack(probs: bytes, ids: bytes, counts: list[int], k: int, vocab: int) -> O
     n = sum(counts)
     if len(counts) != k or any(c < 1 for c in counts) or len(probs) != 4 * n or len(ids) != 4 * n:
         return None
+    # frombuffer is a CPU tensor whatever the default device; everything else is made beside it.
     p = torch.frombuffer(bytearray(probs), dtype=torch.float32)
     t = torch.frombuffer(bytearray(ids), dtype=torch.int32).to(torch.int64)
     if bool((t < 0).any()) or bool((t >= vocab).any()) or not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
         return None
-    rows = torch.repeat_interleave(torch.arange(k), torch.tensor(counts))
-    q = torch.zeros(k, vocab, dtype=torch.float32)
+    rows = torch.repeat_interleave(torch.arange(k, device="cpu"), torch.tensor(counts, device="cpu"))
+    q = torch.zeros(k, vocab, dtype=torch.float32, device="cpu")
     q.index_put_((rows, t), p, accumulate=True)
     return q

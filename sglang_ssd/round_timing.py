@@ -73,3 +73,4 @@ class RoundTiming:
             if depth.auto:
                 self.stats.auto_k = depth.table()
             self.stats.modes = self.planner.table()
+            self.stats.target_ms = self.planner.costs.table()

@@ -32,8 +32,8 @@ PARAMS = ("temperature", "top_k", "top_p", "min_p")
 
 def param_tensors(items, device: torch.device | str = "cpu") -> dict:
     """processed_probs' parameters as [R] tensors, one row per item: anything with the four
-    attributes (SGLang's SamplingParams, the wire's Sampling)."""
-    return {name: torch.tensor([getattr(x, name) for x in items]).to(device) for name in PARAMS}
+    attributes (SGLang's SamplingParams, the wire's Sampling). Pass the logits' device."""
+    return {name: torch.tensor([getattr(x, name) for x in items], device=device) for name in PARAMS}
 
 
 def processed_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
@@ -41,8 +41,11 @@ def processed_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torc
     """[R, V] float32 probabilities; parameters are [R] tensors (top_k <= 0 means all).
 
     Rows without top-k / top-p / min-p are the plain softmax (SGLang's simple sampling case) and
-    skip the sort over the vocabulary, the cost of every sampled draft step and verify row."""
+    skip the sort over the vocabulary, the cost of every sampled draft step and verify row.
+    The parameters follow the logits' device (a no-op when they are there already)."""
     v = logits.shape[-1]
+    dev = logits.device
+    temperature, top_k, top_p, min_p = (t.to(dev) for t in (temperature, top_k, top_p, min_p))
     probs = torch.softmax(logits.float() / temperature.float().clamp_min(SAMPLING_EPS).view(-1, 1), dim=-1)
     need = ((top_k > 0) & (top_k < v)) | (top_p < 1.0) | (min_p > 0.0)
     if not bool(need.any()):
@@ -75,10 +78,11 @@ def seeded_gumbel(seed: int, positions: Sequence[int], v: int,
 
 @functools.lru_cache(maxsize=64)
 def _gumbel_row(seed: int, pos: int, v: int) -> torch.Tensor:
-    """One position's noise; cached because a round's tree samples each position many times."""
+    """One position's noise; cached because a round's tree samples each position many times.
+    Drawn on the CPU whatever the caller's device, so draft and target draw the same bits."""
     h = hashlib.blake2b(repr(("gumbel", seed, pos)).encode(), digest_size=8)
-    g = torch.Generator().manual_seed(int.from_bytes(h.digest(), "little") & ((1 << 63) - 1))
-    u = torch.rand(v, generator=g, dtype=torch.float64).clamp_(min=1e-300, max=1.0 - 2.0 ** -53)
+    g = torch.Generator(device="cpu").manual_seed(int.from_bytes(h.digest(), "little") & ((1 << 63) - 1))
+    u = torch.rand(v, generator=g, dtype=torch.float64, device="cpu").clamp_(min=1e-300, max=1.0 - 2.0 ** -53)
     return u.log_().neg_().log_().neg_()
 
 

@@ -4,6 +4,13 @@ One round for a request whose last speculation was S = x_1..x_K after pending to
   lookup(k, t*)  -> cached K tokens on a hit, else the backup's; commits t, x_1..x_k;
   speculate()    -> glue forward over [t*, S'] (writes its KV), forks the likely outcomes and
                     drafts every branch of every request K steps deep, one batched forward a step.
+
+A full KV pool degrades, never fails: the prefix cache gives its slots back first (PrefixCache.
+alloc); a request the pool still cannot hold (its prompt, its commits, its glue) is forgotten and
+its next outcome refused as retryable (Refusal.retry): the worker serves it by plain rounds and
+begins it again later, when there may be room. A Begin missing more than SYNC_TOKENS of its
+context waits the same way for its prefill job (prefill_jobs.py). Tree steps and neural backups
+the pool cannot hold stop early; the n-gram backup completes their speculations.
 """
 
 from __future__ import annotations
@@ -16,15 +23,17 @@ import torch
 from sglang_ssd import qlaw
 from sglang_ssd.backup import ngram_propose
 from sglang_ssd.backup_policy import BackupPolicy
-from sglang_ssd.draft_model import DraftModel
-from sglang_ssd.draft_seq import Chain, DraftSeq, to_spec, write_committed_kv
+from sglang_ssd.chain_drafting import ChainDrafter
+from sglang_ssd.draft_batch import run
+from sglang_ssd.draft_model import DraftModel, PoolFullError
+from sglang_ssd.draft_seq import Chain, DraftSeq, give_back, share_prompt, to_spec, write_committed_kv
 from sglang_ssd.fanout import FanoutEstimator
 from sglang_ssd.first_drafts import FirstDrafts
 from sglang_ssd.forking import fork_chains
-from sglang_ssd.grammar import DraftGrammars, accept_all, begin_matcher, fill_masks, mask_logits, model_path_of
+from sglang_ssd.grammar import DraftGrammars, accept_all, begin_matcher, model_path_of
 from sglang_ssd.partial_tree import complete, worth_stopping
+from sglang_ssd.prefill_jobs import CHUNK_TOKENS
 from sglang_ssd.prefix_cache import PrefixCache
-from sglang_ssd.proposals import propose
 from sglang_ssd.tree_budget import BudgetPlanner, plan_budget
 from sglang_ssd.wire import Begin, Outcome, Plan, Refusal, Spec, Warm
 
@@ -63,7 +72,8 @@ class Speculator:
         self.grammars = DraftGrammars(model_path_of(model), int(model.vocab_size))
         self.policy = BackupPolicy(backup, backup_batch_threshold, k)
         self.last_backup, self.last_misses = "", 0
-        self._progress = (0, 0.0)  # (steps done, last step's seconds) of the tree in progress
+        self.deferred: dict[str, str] = {}  # rid -> why its next outcome is refused as retryable
+        self.drafter = ChainDrafter(self.prefix.alloc, model.pool, self._timed_forward, self.grammars.vocab_size)
         self.first = FirstDrafts(model, self.prefix, self._timed_forward, self._run_chains)
 
     @property
@@ -92,36 +102,34 @@ class Speculator:
         return self.policy.live_threshold
 
     # ---- request lifecycle -------------------------------------------------------------
-    def release(self, rids, cache: bool = True) -> None:
+    def release(self, rids, cache: bool = True, keep_jobs=()) -> None:
         """Forget requests; their committed KV goes to the prefix cache unless `cache` is False
-        (a request dropped after an error, whose KV may be incomplete)."""
-        pool = self.model.pool
+        (a request dropped after an error, whose KV may be incomplete). Prefill jobs of the rids
+        in `keep_jobs` go on (a request begun again in the same Step)."""
         for rid in rids:
-            seq = self.seqs.pop(rid, None)
-            self.first.forget(rid)
-            if seq is None:
-                continue
-            pool.free(seq.glue_slots)
-            if cache:
-                pool.free(self.prefix.insert(seq.tokens[: len(seq.slots)], seq.slots, seq.shared))
-            else:
-                pool.free(seq.slots[seq.shared:])
-            if seq.node is not None:
-                self.prefix.unlock(seq.node)
+            self.deferred.pop(rid, None)
+            if rid not in keep_jobs:
+                self.first.forget(rid)
+            self._drop(rid, cache)
         self.prefix.trim()
 
-    def _share(self, seq: DraftSeq) -> None:
-        """Put a fresh request's prompt KV into the prefix cache and use the cache's copy."""
-        if self.prefix.max_tokens == 0:
-            return
-        n = len(seq.slots)
-        dup = self.prefix.insert(seq.tokens[:n], seq.slots, seq.shared)
-        node, slots = self.prefix.match(seq.tokens[:n])
-        self.prefix.lock(node)
-        if seq.node is not None:
-            self.prefix.unlock(seq.node)
-        seq.node, seq.slots, seq.shared = node, slots + seq.slots[len(slots):], len(slots)
-        self.model.pool.free(dup)
+    def close(self) -> None:
+        """Forget every request, prefill job and first speculation (a session ends)."""
+        self.release(list(self.seqs))
+        self.first.clear()
+        self.deferred.clear()
+        self.prefix.trim()
+
+    def _drop(self, rid: str, cache: bool = True) -> None:
+        seq = self.seqs.pop(rid, None)
+        if seq is not None:
+            give_back(seq, self.model.pool, self.prefix, cache)
+
+    def _pool_full(self, seq: DraftSeq, e: PoolFullError) -> None:
+        """The pool cannot hold this request now: forget it (its KV to the prefix cache, which
+        gives it back first when room is short) and refuse its next outcome as retryable."""
+        self._drop(seq.rid)
+        self.deferred[seq.rid] = str(e)
 
     def pool_usage(self) -> tuple[int, int]:
         """(slots in use by live requests and speculation, slots only the prefix cache holds)."""
@@ -146,6 +154,18 @@ class Speculator:
         self.prefill_computed += self.first.warm(ok, max(1, self.fanout[0]))
         self.prefix.trim()
 
+    def has_background(self) -> bool:
+        """Whether prefill jobs wait for background(): the draft service runs them between rounds."""
+        return self.first.pending()
+
+    def background(self) -> int:
+        """One chunk of the queued prefills (and the first speculations of prompts it completes);
+        returns the prompt tokens computed."""
+        n = self.first.work(CHUNK_TOKENS)
+        self.prefill_computed += n
+        self.prefix.trim()
+        return n
+
     def begin(self, begins: list[Begin]) -> list[Refusal]:
         refusals, fresh, seen = [], [], set()
         for b in begins:
@@ -160,13 +180,20 @@ class Speculator:
             except RequestRefused as e:
                 refusals.append(Refusal(rid=b.rid, reason=str(e)))
                 continue
-            found = self.first.take(b.rid, b.pending)  # (before the release below drops it)
-            self.release([b.rid])
+            self.deferred.pop(b.rid, None)
+            self._drop(b.rid)  # what the draft knew of it is stale (its prefill job goes on)
+            why, computed = self.first.admit(b.rid, b.prompt)
+            self.prefill_computed += computed
+            if why:  # its prefill goes on between rounds, or the pool cannot hold it: plain rounds
+                self.deferred[b.rid] = why
+                continue
+            found = self.first.take(b.rid, b.pending)
             seq = DraftSeq(rid=b.rid, tokens=list(b.prompt), pending=b.pending, sampling=b.sampling)
             if found is not None:
                 seq.spec, seq.spec_q = found
             seq.node, cached = self.prefix.match(b.prompt)
             self.prefix.lock(seq.node)
+            self.first.jobs.take(b.rid)  # (after the lock: a finished job held the prompt till now)
             seq.slots, seq.shared = list(cached), len(cached)
             self.prefill_reused += len(cached)
             self.prefill_computed += len(b.prompt) - len(cached)
@@ -174,9 +201,10 @@ class Speculator:
             self.seqs[b.rid] = seq
             fresh.append(seq)
         if fresh:
-            write_committed_kv(self.model, self.prefix.alloc, fresh)
+            write_committed_kv(self.model, self.prefix.alloc, fresh, on_full=self._pool_full)
+            fresh = [s for s in fresh if self.seqs.get(s.rid) is s]
             for seq in fresh:
-                self._share(seq)
+                share_prompt(seq, self.model.pool, self.prefix)
             self.prefix.trim()
             late = [s for s in fresh if not s.spec]  # the rest were pre-drafted during the prefill
             for seq, (toks, q) in zip(late, self._neural([(s, s.pending) for s in late])):
@@ -195,6 +223,10 @@ class Speculator:
                 refusals.append(Refusal(rid=o.rid, reason="duplicate outcome in one round"))
                 continue
             seen.add(o.rid)
+            why = self.deferred.pop(o.rid, None)
+            if why is not None:  # plain rounds for now; the worker begins it again later
+                refusals.append(Refusal(rid=o.rid, reason=why, retry=True))
+                continue
             seq = self.seqs.get(o.rid)
             try:
                 if seq is None:
@@ -292,23 +324,28 @@ class Speculator:
         seqs = [s for s in self.seqs.values() if len(s.spec) == k and not s.glue_slots]
         if not seqs:
             return
-        write_committed_kv(self.model, self.prefix.alloc, seqs)
+        write_committed_kv(self.model, self.prefix.alloc, seqs, on_full=self._pool_full)
+        glued, groups = [], []
+        for s in seqs:
+            if self.seqs.get(s.rid) is not s:  # the pool could not hold its commits
+                continue
+            try:
+                s.glue_slots = self.prefix.alloc(k + 1)
+            except PoolFullError as e:
+                self._pool_full(s, e)
+                continue
+            glued.append(s)
+            groups.append(run(s.slot_tensor(), [s.pending] + s.spec, len(s.tokens), s.glue_slots))
+        seqs = glued
+        if not seqs:
+            return
         fan = plan_budget(self.planner, self.policy, self.estimator, k, len(seqs), self.verify_s,
                           self.model.vocab_size - 1)
         if fan is not None:
             self.fanout = fan
         # This tree's schedule: a lookup answered mid-tree (between) re-plans self.fanout.
         self.tree_fanout = tree_fan = list(self.fanout)
-        toks, pos, write, vis = [], [], [], []
-        for s in seqs:
-            s.glue_slots = self.prefix.alloc(k + 1)
-            base = len(s.tokens)
-            for i, t in enumerate([s.pending] + s.spec):
-                toks.append(t)
-                pos.append(base + i)
-                write.append(s.glue_slots[i])
-                vis.append(s.slots + s.glue_slots[: i + 1])
-        logits = self._timed_forward(toks, pos, write, vis).view(len(seqs), k + 1, -1)
+        logits = self._timed_forward(groups).view(len(seqs), k + 1, -1)
         if between is not None:
             between()
         chains, owners = [], []
@@ -329,7 +366,7 @@ class Speculator:
     def worth_stopping(self, cycle_s: float) -> bool:
         """Whether the tree in progress should stop now that the worker's outcome is waiting, its
         round taking `cycle_s` (at least its verify) when it does not wait for the draft."""
-        done, step_s = self._progress
+        done, step_s = self.drafter.progress
         return worth_stopping(done, self.depth, step_s, max(cycle_s, self.verify_s), self.policy.hit_tokens)
 
     def drop_speculation(self) -> None:
@@ -356,12 +393,12 @@ class Speculator:
             return self.policy.neural_seconds(n)
         return self.planner.tree_seconds(self.depth, n, 1) if self.planner is not None else 0.0
 
-    def _timed_forward(self, tokens, positions, write, visible):
+    def _timed_forward(self, groups):
         """A glue or tree forward, its time fed to the planner's cost curve."""
         t0 = time.perf_counter()
-        out = self.model.forward(tokens, positions, write, visible)
+        out = self.model.forward(groups)
         if self.planner is not None:
-            self.planner.cost.observe(len(tokens), time.perf_counter() - t0)
+            self.planner.cost.observe(sum(len(g) for g in groups), time.perf_counter() - t0)
         return out
 
     def _observe(self, seq: DraftSeq, o: Outcome) -> None:
@@ -382,50 +419,26 @@ class Speculator:
                 raise RequestRefused(f"token id {t} outside the draft vocabulary [0, {v}) for {rid!r}")
 
     def _neural(self, items: list[tuple[DraftSeq, int]]) -> list[tuple[list[int], Optional[torch.Tensor]]]:
-        """Just-in-time drafting: K steps from the true context (seq committed + t)."""
-        write_committed_kv(self.model, self.prefix.alloc, [s for s, _ in items])
-        chains = [Chain(context=list(s.slots), first=t, first_pos=len(s.tokens), sampling=s.sampling,
+        """Just-in-time drafting: K steps from the true context (seq committed + t). What the pool
+        cannot hold (the commits' KV, the chain's steps) the n-gram backup completes."""
+        short = set()
+        write_committed_kv(self.model, self.prefix.alloc, [s for s, _ in items],
+                           on_full=lambda s, e: short.add(s.rid))
+        chains = [None if s.rid in short else
+                  Chain(prefix=s.slot_tensor(), own=[], first=t, first_pos=len(s.tokens), sampling=s.sampling,
                         matcher=s.matcher.fork() if s.matcher is not None else None)
                   for s, t in items]
-        self._run_chains(chains)
-        return [(c.out, c.q()) for c in chains]
+        self._run_chains([c for c in chains if c is not None])
+        out = []
+        for (s, t), c in zip(items, chains):
+            toks, q = (c.out, c.q()) if c is not None else ([], None)
+            if len(toks) < self.depth:
+                toks, q = complete(toks, q, s.tokens + [t], self.depth)
+            out.append((toks, q))
+        return out
 
     def _run_chains(self, chains: list[Chain], between: Optional[Callable[[], bool]] = None,
                     fanout: Optional[list[int]] = None) -> int:
-        """Up to K batched forwards (`between` runs after each, and stops them by returning True);
-        the steps run. Every chain's scratch KV is freed afterwards."""
-        if not chains:
-            return 0
-        self._progress = (0, 0.0)
-        try:
-            cur = [c.first for c in chains]
-            for step in range(self.depth):
-                t_step = time.perf_counter()
-                new = self.prefix.alloc(len(chains))
-                for c, s in zip(chains, new):
-                    c.slots.append(s)
-                logits = self._timed_forward(
-                    cur,
-                    [c.first_pos + step for c in chains],
-                    new,
-                    [c.context + c.slots for c in chains],
-                )
-                grammar = [c.matcher for c in chains]
-                if any(m is not None for m in grammar):  # never propose what the grammar forbids
-                    logits = mask_logits(logits, fill_masks(grammar, self.grammars.vocab_size, logits.device))
-                fan = fanout or self.fanout
-                nxt = propose(chains, logits, step, fan[min(step, len(fan) - 1)],
-                              self.saguaro_c, self.q_mass)
-                for c, t in zip(chains, nxt):
-                    c.out.append(t)
-                    if c.matcher is not None and not accept_all(c.matcher, [t]):
-                        c.matcher = None
-                cur = nxt
-                self._progress = (step + 1, time.perf_counter() - t_step)
-                if between is not None and between() and step + 1 < self.depth:
-                    return step + 1
-            return self.depth
-        finally:
-            for c in chains:
-                self.model.pool.free(c.slots)
-
+        """Up to K batched forwards (chain_drafting.py; `between` runs after each, and stops them
+        by returning True); the steps run."""
+        return self.drafter.run(chains, self.depth, list(fanout or self.fanout), self.saguaro_c, self.q_mass, between)

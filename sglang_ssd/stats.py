@@ -12,8 +12,8 @@ class SSDStats:
     spec_rounds: int = 0  # of which speculated (not served by the plain path)
     accepted: int = 0  # draft tokens accepted in speculated rounds
     emitted: int = 0  # tokens emitted in speculated rounds (accepted + t*)
-    lookups: int = 0  # cache lookups (speculated rounds after the first of a request)
-    hits: int = 0
+    lookups: int = 0  # rounds that asked for a pre-drafted speculation (after a request's first), answered or not
+    hits: int = 0  # ... answered whole from the speculation cache (a failed or late draft is a miss)
     plain_rounds: int = 0
     steps: int = 0  # decode steps (batched rounds)
     draft_wait_s: float = 0.0  # worker time blocked on the draft's answer
@@ -35,7 +35,7 @@ class SSDStats:
     predicted_hit: Optional[float] = None  # the time-sized budget's predicted hit rate and tree time
     tree_pred_ms: Optional[float] = None
     draft_overrun_s: float = 0.0  # wait for a draft tree that outlasted the verify
-    partial_answers: int = 0  # hits answered from a tree stopped early (partial_tree.py)
+    partial_answers: int = 0  # hits answered from a tree stopped early (partial_tree.py): not in `hits`
     partial_drafted: int = 0  # ... and the tokens of theirs the draft model drafted
     handoff_s: float = 0.0  # the rest of the wait beyond the draft's lookup: transport, decoding
     backup_neural: int = 0  # rounds whose misses the neural backup answered
@@ -62,6 +62,7 @@ class SSDStats:
     pauses: int = 0  # requests the draft was told to forget for plain rounds
     resyncs: int = 0  # requests the draft was brought back in sync with (after a pause or a restart)
     resync_s: float = 0.0  # rounds' waits for those resyncs
+    target_ms: dict = field(default_factory=dict)  # per batch-size bucket, ms per target forward by width (round_costs.py)
 
     def record_round(self, ks, hits, wait_s, plain, depth: Optional[int] = None, mode: str = "ssd") -> None:
         self.steps += 1
@@ -150,10 +151,12 @@ class SSDStats:
         d["k_steps"] = dict(self.k_steps)
         d["auto_k"] = {b: dict(v) for b, v in self.auto_k.items()}
         d["modes"] = {b: dict(v) for b, v in self.modes.items()}
+        d["target_ms"] = {b: dict(v) for b, v in self.target_ms.items()}
         d["mode_steps"] = dict(self.mode_steps)
         d["resync_ms_per_request"] = 1e3 * self.resync_s / self.resyncs if self.resyncs else None
         d["accept_length"] = self.emitted / self.spec_rounds if self.spec_rounds else None
         d["cache_hit_rate"] = self.hits / self.lookups if self.lookups else None
+        d["partial_rate"] = self.partial_answers / self.lookups if self.lookups else None
         d["partial_depth_mean"] = self.partial_drafted / self.partial_answers if self.partial_answers else None
         d["draft_wait_ms_per_step"] = 1e3 * self.draft_wait_s / self.steps if self.steps else None
         d["handoff_ms_per_step"] = 1e3 * self.handoff_s / self.steps if self.steps else None

@@ -85,12 +85,12 @@ def calibration_forward(model, context: int = 256) -> Callable[[int], None]:
     afterwards."""
     context = min(context, model.pool.size // 4)
 
+    from sglang_ssd.draft_batch import run, slot_tensor
+
     def forward(n: int) -> None:
         slots = model.pool.alloc(context + n)
         try:
-            ctx, new = slots[:context], slots[context:]
-            model.forward([0] * n, list(range(context, context + n)), new,
-                          [ctx + new[: i + 1] for i in range(n)])
+            model.forward([run(slot_tensor(slots[:context]), [0] * n, context, slots[context:])])
         finally:
             model.pool.free(slots)
     return forward

@@ -13,8 +13,8 @@ from typing import Optional, Union
 import msgspec
 
 
-PROTOCOL_VERSION = 5  # 2: compact q' (Spec.q_ids, q_counts); 3: Step.predraft (sync rounds); 4: Spec.partial;
-# 5: Step.warm carries Warm (first speculations pre-drafted during the target's prefill)
+PROTOCOL_VERSION = 6  # 2: compact q' (Spec.q_ids, q_counts); 3: Step.predraft (sync rounds); 4: Spec.partial;
+# 5: Step.warm carries Warm (first speculations pre-drafted during the target's prefill); 6: Refusal.retry
 # Larger messages are dropped by ZeroMQ before they are read (ZMQ_MAXMSGSIZE): a Step carries
 # prompts and outcomes, so 256 MiB is far beyond any real one.
 MAX_TO_DRAFT_BYTES = 256 << 20
@@ -124,8 +124,16 @@ class Spec(msgspec.Struct, frozen=True):
 
 
 class Refusal(msgspec.Struct, frozen=True):
+    """The draft does not speculate for this request. retry: not now (its KV pool cannot hold the
+    request, or its prefill is still running): the worker serves it by plain rounds and begins it
+    again later; else never (the worker serves it without the draft from then on)."""
+
     rid: str
     reason: str
+    retry: bool = False
+
+
+REFUSAL_RETRY_ROUNDS = 8  # rounds the worker serves a retryable refusal plainly before it begins it again
 
 
 class DraftTimes(msgspec.Struct, frozen=True):

@@ -76,6 +76,7 @@ class SSDWorker(BaseSpecWorker):
         self.fanout = resolve_fanout(self.k, fixed, budget, self.vocab_size)
         self.synced: dict[str, tuple[int, int]] = {}  # rid -> outcome of its last round
         self.refused: set[str] = set()  # rids the draft refused: served without it from then on
+        self.deferred: dict[str, tuple[int, str]] = {}  # rid -> (round to begin it again, reason): a retryable refusal's plain rounds
         self.round = 0
         self._generation = 0  # draft process generation the synced states belong to
         self._last_reply_at = float("-inf")
@@ -149,6 +150,7 @@ class SSDWorker(BaseSpecWorker):
         releases = list(self.synced)
         self.synced.clear()
         self.refused.clear()
+        self.deferred.clear()
         self.round += 1
         self._send(wire.Step(round=self.round, releases=releases, depth=self.planner.k))  # the reply updates pool usage
 
@@ -228,10 +230,12 @@ class SSDWorker(BaseSpecWorker):
         for rid in releases:
             del self.synced[rid]
         self.refused &= cur
+        releases += [r for r in self.deferred if r not in cur]  # (the draft may hold its prefill)
+        self.deferred = {r: v for r, v in self.deferred.items() if r in cur and v[0] > self.round}
         seq_lens = batch.seq_lens_cpu.tolist() if batch.seq_lens_cpu is not None else batch.seq_lens.tolist()
         begins, outcomes = [], []
         for req, L in zip(reqs, seq_lens):
-            if req.rid in self.refused:
+            if req.rid in self.refused or req.rid in self.deferred:
                 continue
             st = self.synced.get(req.rid)
             if st is None:  # resync: whatever the draft knew of it is stale
@@ -260,6 +264,10 @@ class SSDWorker(BaseSpecWorker):
             self.stats.record_partial([s.partial for s in specs.values()])
             tree = TreeTimes(reply.times.tree_s, reply.times.depth, reply.plan.jit_s)
             for r in reply.refusals:
+                if r.retry:  # not now (draft pool full, prefill running): plain rounds, then begin it again
+                    self.stats.record_refusal(r.reason)
+                    self.deferred[r.rid] = (self.round + wire.REFUSAL_RETRY_ROUNDS, r.reason.split(":")[0])
+                    continue
                 logger.warning("SSD draft refused request %s, serving it without the draft: %s",
                                r.rid, r.reason)
                 self.stats.record_refusal(r.reason)
@@ -275,6 +283,10 @@ class SSDWorker(BaseSpecWorker):
         for req in reqs:
             o = by_rid.get(req.rid)
             s = specs.get(req.rid)
+            # a round that asked for a pre-drafted speculation is a lookup whatever happens: a dead,
+            # late or malformed answer is a miss; a hit answered from a tree stopped early is
+            # "partial" (counted apart, statistics.partial_answers), not a hit
+            asked = o is not None and o.k >= 0 and self._predrafted
             ok = s is not None and all(0 <= t < self.vocab_size for t in s.tokens)
             q = None
             if ok and s.q_counts:
@@ -283,13 +295,13 @@ class SSDWorker(BaseSpecWorker):
             if ok:
                 drafts.append(list(s.tokens))
                 qs.append(q)
-                hits.append(bool(s.hit) if o is not None and o.k >= 0 and self._predrafted else None)
+                hits.append((bool(s.hit) and not s.partial) if asked else None)
             else:  # refused, malformed or no answer: serve exactly with the fast backup
                 self.synced.pop(req.rid, None)
                 ctx = list(req.origin_input_ids) + list(req.output_ids)
                 drafts.append(ngram_propose(ctx, k))
                 qs.append(None)
-                hits.append(None)
+                hits.append(False if asked and req.rid not in self.refused and req.rid not in self.deferred else None)
         self._predrafted = predraft
         return drafts, qs, hits, wait, tree
 
@@ -351,7 +363,7 @@ class SSDWorker(BaseSpecWorker):
         logits_output = result.logits_output
         logits = logits_output.next_token_logits
 
-        reasons = [plain_path_reason(r) for r in batch.reqs]
+        reasons = [plain_path_reason(r) or self.deferred.get(r.rid, (0, None))[1] for r in batch.reqs]
         gmask, grammar_rows = speculated_grammar_mask(batch.reqs, drafts, reasons,
                                                       int(batch.sampling_info.vocab_size))
         # Without drafts an unseeded sampled request is SGLang's sampler's to serve, like a plain-path one.

@@ -40,6 +40,8 @@ def _diff(a, b) -> float:
 
 def check_interleaved(m, hf) -> dict:
     """Two requests interleaved in one forward over scattered slots."""
+    from sglang_ssd.draft_batch import Group, run, slot_tensor
+
     a, b = [5, 6, 7, 8, 9, 10], [20, 21, 22]
     pool = m.pool
     holes = pool.alloc(20)
@@ -50,7 +52,7 @@ def check_interleaved(m, hf) -> dict:
     pos = [(list(range(6)) + list(range(3)))[i] for i in order]
     slots = [(sa + sb)[i] for i in order]
     vis = [([sa[: i + 1] for i in range(6)] + [sb[: i + 1] for i in range(3)])[i] for i in order]
-    out = m.forward(toks, pos, slots, vis)
+    out = m.forward([Group(slot_tensor([]), toks, pos, slots, vis)])  # one group, each query its own list
     inv = [order.index(i) for i in range(9)]
     out = out[inv]
     res = {"shape": list(out.shape), "vocab": m.vocab_size,
@@ -62,15 +64,17 @@ def check_interleaved(m, hf) -> dict:
 
 def check_branches(m, hf) -> dict:
     """Two branches off a prefix at the same logical position, sharing its KV in place."""
+    from sglang_ssd.draft_batch import Group, run, slot_tensor
+
     a = [5, 6, 7, 8, 9, 10]
     pool = m.pool
     sa = pool.alloc(6)
-    m.forward(a, list(range(6)), sa, [sa[: i + 1] for i in range(6)])
+    m.forward([run(slot_tensor([]), a, 0, sa)], logits=False)
     br = pool.alloc(2)
-    out = m.forward([33, 44], [6, 6], br, [sa + [br[0]], sa + [br[1]]])
+    out = m.forward([Group(slot_tensor(sa), [33, 44], [6, 6], br, [[br[0]], [br[1]]])])
     # A second level: each branch continues, seeing the prefix and its own branch slot only.
     br2 = pool.alloc(2)
-    out2 = m.forward([55, 66], [7, 7], br2, [sa + [br[0], br2[0]], sa + [br[1], br2[1]]])
+    out2 = m.forward([Group(slot_tensor(sa), [55, 66], [7, 7], br2, [[br[0], br2[0]], [br[1], br2[1]]])])
     res = {"diff_33": _diff(out[0], _hf_logits(hf, a + [33])[-1]),
            "diff_44": _diff(out[1], _hf_logits(hf, a + [44])[-1]),
            "diff_33_55": _diff(out2[0], _hf_logits(hf, a + [33, 55])[-1]),
@@ -81,16 +85,20 @@ def check_branches(m, hf) -> dict:
 
 
 def check_chunked(m, hf) -> dict:
-    """A call split into several SGLang batches: later chunks see KV written by earlier ones."""
+    """A call split into several SGLang batches: later chunks see KV written by earlier ones (a
+    run cut in three goes on over a prefix grown by the chunks before it)."""
+    from sglang_ssd.draft_batch import Group, run, slot_tensor
+
     a = [7, 3, 9, 11, 13, 2, 4, 8, 16, 1]
     saved, m.max_rows = m.max_rows, 3
     try:
         s = m.pool.alloc(len(a))
-        out = m.forward(a, list(range(len(a))), s, [s[: i + 1] for i in range(len(a))])
+        m.forward([run(slot_tensor([]), a[:2], 0, s[:2])], logits=False)
+        out = m.forward([run(slot_tensor(s[:2]), a[2:], 2, s[2:])])
         m.pool.free(s)
     finally:
         m.max_rows = saved
-    return {"diff": _diff(out, _hf_logits(hf, a))}
+    return {"diff": _diff(out, _hf_logits(hf, a)[2:])}
 
 
 def check_speculator(m, hf) -> dict:

@@ -90,10 +90,17 @@ class _Recorder:
         self.worst = 0.0
         model.forward = self
 
-    def __call__(self, tokens, positions, write, visible):
-        out = self.inner(tokens, positions, write, visible)
-        for t, p, w in zip(tokens, positions, write):
+    def __call__(self, groups, logits=True):
+        from sglang_ssd.draft_batch import expand_visible
+
+        out = self.inner(groups, logits)
+        tokens = [t for g in groups for t in g.tokens]
+        positions = [p for g in groups for p in g.positions]
+        for t, p, w in zip(tokens, positions, [w for g in groups for w in g.write]):
             self.slot[w] = (p, t)
+        if not logits:
+            return out
+        visible = [v for g in groups for v in expand_visible(g)]
         with torch.no_grad():
             for i, vis in enumerate(visible):
                 seq = sorted(self.slot[s] for s in vis)

@@ -49,6 +49,7 @@ BAD = [
     (["--ssd-draft-threads", "0"], "--ssd-draft-threads='0'"),
     (["--ssd-draft-kv-tokens", "10"], "--ssd-draft-kv-tokens='10'"),
     (["--ssd-draft-dtype", "int3"], "--ssd-draft-dtype='int3'"),
+    (["--ssd-draft-dtype", "int8", "--ssd-draft-engine", "sglang"], "--ssd-draft-dtype='int8': needs --ssd-draft-engine hf"),
     (["--ssd-mode", "fastest"], "--ssd-mode='fastest'"),
     (["--ssd-draft-engine", "vllm"], "--ssd-draft-engine='vllm'"),
     (["--ssd-backup-batch-threshold", "0"], "--ssd-backup-batch-threshold='0'"),

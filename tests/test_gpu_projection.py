@@ -31,3 +31,6 @@ def test_projection_runs_on_cpu_with_tiny_shapes(tmp_path):
         assert abs(x["tree_over_verify"] - x["tree_ms"] / x["verify_ms"]) < 1e-9
         assert x["ar_tok_s"] > 0 and x["sd_tok_s"] > 0 and x["ssd_tok_s"] > 0
     assert "| batch | K |" in r.stdout
+    # no CUDA here: eager times only, the CUDA-graph columns empty and said to be
+    assert res["graphs"] is False and all(x["ssd_tok_s_graphs"] is None for x in res["rows"])
+    assert "no CUDA-graph rows: no CUDA here" in r.stdout

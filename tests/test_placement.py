@@ -24,10 +24,22 @@ def test_default_draft_gpu_is_the_first_after_the_targets(n_gpus, base, tp, dp, 
     assert choose_draft_device(None, "cuda", n_gpus, base, tp, dp, rank, step) == want
 
 
-@pytest.mark.parametrize("n_gpus,tp", [(1, 1), (4, 4), (0, 1)])
+@pytest.mark.parametrize("n_gpus,tp", [(4, 4), (2, 2), (0, 1)])
 def test_no_gpu_left_for_the_draft_is_a_clear_error(n_gpus, tp):
     with pytest.raises(SSDConfigError, match=rf"--ssd-draft-device: .*this machine has {n_gpus}"):
         choose_draft_device(None, "cuda", n_gpus, 0, tp)
+
+
+def test_one_gpu_machine_shares_it_with_the_target(caplog):
+    """One GPU, used by the target: the draft shares cuda:0 and says so; a target on another
+    base GPU of a one-GPU count (impossible placement) stays an error."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="sglang_ssd.config"):
+        assert choose_draft_device(None, "cuda", 1, 0, 1) == "cuda:0"
+    assert "shares cuda:0 with the target: this machine has 1 GPU" in caplog.text
+    with pytest.raises(SSDConfigError, match="this machine has 1"):
+        choose_draft_device(None, "cuda", 1, 0, 1, dp_size=2)
 
 
 def test_explicit_and_cpu_devices():

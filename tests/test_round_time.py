@@ -272,7 +272,7 @@ def test_first_speculations_are_predrafted_while_the_target_prefills(draft, hf_t
     assert "gone" not in sp.first.entries
     calls = []
     real = draft.forward
-    monkeypatch.setattr(draft, "forward", lambda *a: calls.append(len(a[0])) or real(*a))
+    monkeypatch.setattr(draft, "forward", lambda g, *a: calls.append(sum(map(len, g))) or real(g, *a))  # queries
     sp.begin([wire.Begin(rid="a", prompt=prompts[0], pending=top[0][1])])
     assert calls == [] and sp.first.found == 1  # nothing left to compute on the first round's path
     spec = sp.lookup([wire.Outcome(rid="a", k=-1, t_star=top[0][1], committed_len=len(prompts[0]))])[0][0]
@@ -322,6 +322,9 @@ def test_cpu_draft_dtype_default(models, monkeypatch):
     assert config.count_params(tiny) < config.BF16_MIN_PARAMS
     assert config.choose_draft_dtype(None, "cpu", "float32", tiny) == "float32"  # not memory-bound
     monkeypatch.setattr(config, "count_params", lambda p: 500_000_000)
+    assert config.choose_draft_dtype(None, "cpu", "float32", tiny) == "int8"  # fbgemm: a quarter of the bytes
+    assert config.choose_draft_dtype(None, "cpu", "float32", tiny, engine="sglang") == "bfloat16"
+    monkeypatch.setattr(config, "cpu_int8_available", lambda: False)
     assert config.choose_draft_dtype(None, "cpu", "float32", tiny) == "bfloat16"
     assert config.choose_draft_dtype("float32", "cpu", "float32", tiny) == "float32"  # the user's word
     monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: False)

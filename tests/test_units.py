@@ -117,17 +117,18 @@ def _hf_logits(models, ids):
 
 
 def test_slot_attention_matches_full_forward(draft_model, models):
-    """Two requests interleaved in one forward over scattered slots, then a tree of branches."""
+    """Two requests in one forward over scattered slots, then a tree of branches."""
+    from sglang_ssd.draft_batch import Group, run, slot_tensor
+
     a, b = [5, 6, 7, 8, 9, 10], [20, 21, 22]
     pool = draft_model.pool
     sa, sb = pool.alloc(6), pool.alloc(3)
-    out = draft_model.forward(a + b, list(range(6)) + list(range(3)), sa + sb,
-                              [sa[: i + 1] for i in range(6)] + [sb[: i + 1] for i in range(3)])
+    out = draft_model.forward([run(slot_tensor([]), a, 0, sa), run(slot_tensor([]), b, 0, sb)])
     assert torch.allclose(out[:6], _hf_logits(models, a), atol=1e-4)
     assert torch.allclose(out[6:], _hf_logits(models, b), atol=1e-4)
     # Two branches off a's prefix at the same logical position, sharing its KV in place.
     br = pool.alloc(2)
-    out2 = draft_model.forward([33, 44], [6, 6], br, [sa + [br[0]], sa + [br[1]]])
+    out2 = draft_model.forward([Group(slot_tensor(sa), [33, 44], [6, 6], br, [[br[0]], [br[1]]])])
     assert torch.allclose(out2[0], _hf_logits(models, a + [33])[-1], atol=1e-4)
     assert torch.allclose(out2[1], _hf_logits(models, a + [44])[-1], atol=1e-4)
     pool.free(sa + sb + br)

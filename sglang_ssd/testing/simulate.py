@@ -3,6 +3,8 @@ verification functions, with a Hugging Face target standing in for the SGLang sc
 
 Many independent samples of the same prompt run as one batch of requests, so a test can draw
 thousands of continuations in seconds and compare their law with the exact target distribution.
+The target's probabilities and the verification run on the target model's device (a GPU's
+Triton kernels included); what the draft ships comes from the wire on the CPU, as in the worker.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ class TargetProbs:
 
     def __init__(self, model, temperature, top_k, top_p, min_p=0.0):
         self.model, self.memo = model, {}
+        self.device = next(model.parameters()).device
         self.params = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
 
     def __call__(self, ctx) -> torch.Tensor:
         key = tuple(ctx)
         if key not in self.memo:
             with torch.no_grad():
-                logits = self.model(torch.tensor([list(ctx)])).logits[0, -1:].float()
+                logits = self.model(torch.tensor([list(ctx)], device=self.device)).logits[0, -1:].float()
             self.memo[key] = self._process(logits)[0]
         return self.memo[key]
 
@@ -38,8 +41,8 @@ class TargetProbs:
     def _process(self, logits):
         r = logits.shape[0]
         pr = self.params
-        return processed_probs(logits, torch.full((r,), pr["temperature"]), torch.full((r,), pr["top_k"]),
-                               torch.full((r,), pr["top_p"]), torch.full((r,), pr["min_p"]))
+        full = [torch.full((r,), pr[x], device=logits.device) for x in ("temperature", "top_k", "top_p", "min_p")]
+        return processed_probs(logits, *full)
 
     def exact(self, prompt, length):
         """{sequence: probability} of the first `length` emitted tokens."""
@@ -47,7 +50,7 @@ class TargetProbs:
         for _ in range(length):
             nxt = {}
             for seq, pr in out.items():
-                p = self(list(prompt) + list(seq))
+                p = self(list(prompt) + list(seq)).cpu()
                 for t in torch.nonzero(p > 0).view(-1).tolist():
                     nxt[seq + (t,)] = pr * float(p[t])
             out = nxt
@@ -65,6 +68,7 @@ def sample_ssd(spec, target: TargetProbs, prompt, n, length, *, seeds=None, wron
     """
     k = spec.k
     pr = target.params
+    dev = target.device
     seeds = list(seeds) if seeds is not None else [None] * n
     samps = {f"s{i}": wire.Sampling(temperature=pr["temperature"], top_k=pr["top_k"], top_p=pr["top_p"],
                                     min_p=pr["min_p"], seed=sd) for i, sd in enumerate(seeds)}
@@ -97,20 +101,22 @@ def sample_ssd(spec, target: TargetProbs, prompt, n, length, *, seeds=None, wron
             if s.q_counts:
                 qs.append(unpack_q(s.q, s.q_ids, s.q_counts, k, p0.shape[0]))
             else:
-                qs.append(torch.zeros(k, p0.shape[0]).scatter_(1, torch.tensor(s.tokens).view(-1, 1), 1.0))
+                qs.append(torch.zeros(k, p0.shape[0], device="cpu").scatter_(
+                    1, torch.tensor(s.tokens, device="cpu").view(-1, 1), 1.0))
         p_rows = torch.stack([torch.stack([target(c) for c in cs]) for cs in ctxs])  # [b, K+1, V]
         # Feed log p with neutral parameters: accept_sampled's processing then returns p itself.
         b = len(live)
-        neutral = {"temperature": torch.ones(b), "top_k": torch.full((b,), -1),
-                   "top_p": torch.ones(b), "min_p": torch.zeros(b)}
-        u = torch.rand(b, k + 1)
+        neutral = {"temperature": torch.ones(b, device=dev), "top_k": torch.full((b,), -1, device=dev),
+                   "top_p": torch.ones(b, device=dev), "min_p": torch.zeros(b, device=dev)}
+        u = torch.rand(b, k + 1, device="cpu").to(dev)
+        q_all = torch.stack(qs).to(dev)
+        d_all = torch.tensor(drafts, device=dev)
         logp = torch.where(p_rows > 0, torch.log(p_rows.clamp_min(1e-38)), torch.full_like(p_rows, -1e30))
         if samps[live[0]].seed is None:
-            kk, ts = accept_sampled(logp,
-                                    torch.tensor(drafts), torch.stack(qs), neutral, u[:, :k], u[:, k],
-                                    torch.zeros_like(torch.stack(qs)) if wrong_residual else None)
+            kk, ts = accept_sampled(logp, d_all, q_all, neutral, u[:, :k], u[:, k],
+                                    torch.zeros_like(q_all) if wrong_residual else None)
         else:
-            kk, ts = accept_seeded(logp, torch.tensor(drafts), neutral, [samps[r].seed for r in live],
+            kk, ts = accept_seeded(logp, d_all, neutral, [samps[r].seed for r in live],
                                    [len(prompt) + len(out[r]) for r in live])
         nxt_live = []
         for r, d, a, t in zip(live, drafts, kk.tolist(), ts.tolist()):

@@ -1,0 +1,70 @@
+// Linear layers of a few rows (M <= ~16) in float32 on AVX2+FMA, reading the weight in place.
+//
+// out[m, n] = sum_k x[m, k] * w[n, k] with w row-major [N, K] (torch's own layout: no copy).
+// The weights are streamed once: for each tile of NN weight rows, every row of x is multiplied
+// while those rows are in cache; NN x MM accumulators (ymm registers) per tile, chosen so AVX2's 16
+// registers hold them and enough independent FMA chains hide the FMA latency. Built on first use
+// by cpu_rowdot.py with g++ -O3 -mavx2 -mfma; its reference is F.linear.
+#include <immintrin.h>
+#include <stdint.h>
+
+static inline float hsum(__m256 v) {
+    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+#ifndef PF
+#define PF 512
+#endif
+
+// out[b, a] = sum_k w[a, k] * x[b, k] for a < NN rows of w, b < MM rows of x
+template <int NN, int MM>
+static inline void tile(const float* x, long ldx, const float* w, long ldw, float* out, long ldo, int K) {
+    __m256 acc[NN][MM];
+    for (int a = 0; a < NN; a++) for (int b = 0; b < MM; b++) acc[a][b] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 wv[NN];
+        for (int a = 0; a < NN; a++) {
+            if ((k & 15) == 0) _mm_prefetch((const char*)(w + a * ldw + k + PF), _MM_HINT_T0);
+            wv[a] = _mm256_loadu_ps(w + a * ldw + k);
+        }
+        for (int b = 0; b < MM; b++) {
+            __m256 xv = _mm256_loadu_ps(x + b * ldx + k);
+            for (int a = 0; a < NN; a++) acc[a][b] = _mm256_fmadd_ps(wv[a], xv, acc[a][b]);
+        }
+    }
+    for (int a = 0; a < NN; a++) for (int b = 0; b < MM; b++) {
+        float s = hsum(acc[a][b]);
+        for (int kk = k; kk < K; kk++) s += w[a * ldw + kk] * x[b * ldx + kk];
+        out[b * ldo + a] = s;
+    }
+}
+
+// all n in [n0, n1) for MM rows of x
+template <int NN, int MM>
+static inline void strip(const float* x, const float* w, float* out, int N, int K, int n0, int n1) {
+    int n = n0;
+    for (; n + NN <= n1; n += NN) tile<NN, MM>(x, K, w + (long)n * K, K, out + n, N, K);
+    for (; n < n1; n++) tile<1, MM>(x, K, w + (long)n * K, K, out + n, N, K);
+}
+
+extern "C" void rowdot_f32(const float* x, const float* w, float* out, int M, int N, int K, int n0, int n1) {
+    // weights stream once: for M <= 6 one strip; beyond, n-blocks of 64 rows (in L2) swept per m-tile
+    const int NB = M <= 6 ? n1 - n0 : 64;
+    for (int nb = n0; nb < n1; nb += NB) {
+        int ne = nb + NB < n1 ? nb + NB : n1;
+        int m = 0;
+        for (; M - m >= 6; m += 6) strip<2, 6>(x + (long)m * K, w, out + (long)m * N, N, K, nb, ne);
+        const float* xm = x + (long)m * K; float* om = out + (long)m * N;
+        switch (M - m) {
+            case 5: strip<2, 5>(xm, w, om, N, K, nb, ne); break;
+            case 4: strip<3, 4>(xm, w, om, N, K, nb, ne); break;
+            case 3: strip<3, 3>(xm, w, om, N, K, nb, ne); break;
+            case 2: strip<4, 2>(xm, w, om, N, K, nb, ne); break;
+            case 1: strip<7, 1>(xm, w, om, N, K, nb, ne); break;
+        }
+    }
+}
