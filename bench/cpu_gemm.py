@@ -57,7 +57,7 @@ def main() -> None:
     for name in args.dtypes.split(","):
         dt = getattr(torch, name)
         ws = {k: torch.randn(*s).to(dt) for k, s in SHAPES.items()}
-        why = cpu_linear.can_pack(dt)
+        why = cpu_linear.pack_unsupported(dt)
         packs = {k: cpu_linear._pack(w) for k, w in ws.items()} if not why else {}
         kernels = {k: cpu_linear.LinearKernel(w.clone()) for k, w in ws.items()}
         rowdot = dt == torch.float32 and args.threads == 1 and cpu_rowdot.available()

@@ -15,7 +15,7 @@ import warnings
 import torch
 
 
-def available() -> str:
+def unavailable() -> str:
     """Why int8 linear layers cannot run here ("" when they can)."""
     engines = set(getattr(torch.backends.quantized, "supported_engines", ()))
     if not engines & {"x86", "fbgemm"}:
@@ -26,7 +26,7 @@ def available() -> str:
 def quantize_linears(model: torch.nn.Module) -> int:
     """Replace every torch.nn.Linear of a float32 CPU model by its dynamic-int8 version (in place);
     how many were replaced."""
-    why = available()
+    why = unavailable()
     if why:
         raise RuntimeError(f"int8 draft: {why}")
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic

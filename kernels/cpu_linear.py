@@ -62,7 +62,7 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
-def can_pack(dtype: torch.dtype) -> str:
+def pack_unsupported(dtype: torch.dtype) -> str:
     """Why oneDNN cannot pack this dtype here ("" when it can)."""
     if not onednn_available():
         return "torch was built without oneDNN"
@@ -148,7 +148,7 @@ def _candidates(dtype: torch.dtype) -> list[str]:
     paths = ["torch"]
     if dtype == torch.float32 and torch.get_num_threads() == 1 and cpu_rowdot.available():
         paths.append("rowdot")
-    why = can_pack(dtype)
+    why = pack_unsupported(dtype)
     if not why:
         paths.append("onednn")
     else:
@@ -202,9 +202,9 @@ def plan_for(weight: torch.Tensor) -> Plan:
     forced = forced_path()
     dtype = weight.dtype
     if forced != "auto":
-        if forced == "onednn" and can_pack(dtype):
-            forced = "torch"  # cannot be made here (logged by _candidates)
-            _candidates(dtype)
+        if forced == "onednn" and pack_unsupported(dtype):
+            _candidates(dtype)  # logs why the pack cannot be made here
+            forced = "torch"
         if forced == "rowdot" and "rowdot" not in _candidates(dtype):
             forced = "torch"
         return Plan("pack" if forced == "onednn" else "keep", (forced,) * len(ROWS), {})
@@ -266,9 +266,7 @@ class LinearKernel:
             return F.linear(x, weight, bias)
         self._current(weight)
         rows = x.numel() // max(x.shape[-1], 1)
-        path = "onednn" if self.packed is not None else self.plan.path_for(rows)
-        if path == "onednn" and self.packed is None:
-            path = "torch"
+        path = "onednn" if self.packed is not None else self.plan.path_for(rows)  # keep plans: torch/rowdot
         if path == "rowdot" and not cpu_rowdot.supports(x, weight):
             path = "torch"
         x2 = x.reshape(rows, x.shape[-1])

@@ -52,9 +52,9 @@ def prepare_model(model) -> dict:
         weight = getattr(mod, "weight", None)
         if not cpu_linear.eligible(weight) or getattr(mod, "use_intel_amx_backend", False):
             continue
-        if isinstance(getattr(mod, "quant_method", None), UnquantizedLinearMethod):
-            pass
-        elif not (type(mod).__name__ == "ParallelLMHead" and processor is not None and _plain_lm_head(processor, mod)):
+        linear = isinstance(getattr(mod, "quant_method", None), UnquantizedLinearMethod)
+        lm_head = type(mod).__name__ == "ParallelLMHead" and processor is not None and _plain_lm_head(processor, mod)
+        if not (linear or lm_head):
             continue
         plan = cpu_linear.plan_for(weight)
         if weight.data_ptr() in shared:

@@ -300,8 +300,8 @@ def validate(cfg: SSDConfig, *, k: Optional[int], draft_model_path: Optional[str
             raise _flag_error("--ssd-draft-dtype", "int8", "needs --ssd-draft-engine hf (the default)")
         if (cfg.draft_device or target_device).startswith("cuda"):
             raise _flag_error("--ssd-draft-dtype", "int8", "is a CPU draft's dtype (dynamic int8 linear layers)")
-        if cpu_int8.available():
-            raise _flag_error("--ssd-draft-dtype", "int8", cpu_int8.available())
+        if cpu_int8.unavailable():
+            raise _flag_error("--ssd-draft-dtype", "int8", cpu_int8.unavailable())
     if cfg.draft_device is not None and cfg.draft_device.startswith("cuda") and target_device == "cpu":
         import torch
 
@@ -344,7 +344,7 @@ def cpu_has_native_bf16() -> bool:
 def cpu_int8_available() -> bool:
     from sglang_ssd.kernels import cpu_int8
 
-    return not cpu_int8.available()
+    return not cpu_int8.unavailable()
 
 
 def count_params(model_path: str) -> Optional[int]:

@@ -41,7 +41,7 @@ def test_probe_classes_and_why_a_bf16_pack_cannot_be_made():
     with cpu_caps.forced(AVX2) as c:
         assert c.label == "avx2" and not c.native_bf16 and c.avx2_fma
         assert "avx512bw" in c.pack_unsupported("bfloat16") and c.pack_unsupported("float32") == ""
-        assert "avx512bw" in cpu_linear.can_pack(torch.bfloat16) or not cpu_linear.onednn_available()
+        assert "avx512bw" in cpu_linear.pack_unsupported(torch.bfloat16) or not cpu_linear.onednn_available()
     with cpu_caps.forced(AVX512) as c:
         assert c.label == "avx512_bf16" and c.native_bf16 and c.pack_unsupported("bfloat16") == ""
     with cpu_caps.forced(AVX512, onednn_max_isa="avx2") as c:  # an AVX2 CPU emulated on an AVX-512 one
@@ -180,7 +180,7 @@ def test_route_linears_releases_only_weights_nothing_else_holds(monkeypatch):
 
 
 # ---- int8 drafts ---------------------------------------------------------------------------
-@pytest.mark.skipif(bool(cpu_int8.available()), reason=cpu_int8.available() or "x")
+@pytest.mark.skipif(bool(cpu_int8.unavailable()), reason=cpu_int8.unavailable() or "x")
 def test_int8_linears_stay_close_to_float32():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64)).eval()
@@ -263,8 +263,8 @@ def test_draft_model_routes_its_linears_and_keeps_its_logits(models, monkeypatch
     """The draft engine on CPU gives every linear (lm_head included) its measured kernel, or int8
     ones; its logits for a 6-row forward match the model on torch's own F.linear in float32
     (int8: the same argmax on most rows: a draft's precision changes acceptance, never outputs)."""
-    if dtype == "int8" and cpu_int8.available():
-        pytest.skip(cpu_int8.available())
+    if dtype == "int8" and cpu_int8.unavailable():
+        pytest.skip(cpu_int8.unavailable())
     from sglang_ssd.draft_batch import run as causal_run
     from sglang_ssd.draft_batch import slot_tensor
     from sglang_ssd.draft_model import DraftModel
