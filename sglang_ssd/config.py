@@ -242,7 +242,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ssd-draft-dtype", type=str, default=None,
                    help="Draft dtype: float32, float16, bfloat16 or int8 (cpu, hf engine: dynamic int8 "
                    "linear layers). Default on cpu for a draft of >= 100M parameters: int8 (measured "
-                   "2-4x faster steps than float32 at equal greedy agreement, bench/draft_precision.py), "
+                   "2.3-3.3x faster steps than float32 at about equal greedy agreement, bench/draft_precision.py), "
                    "else bfloat16 where the CPU has native bf16, else float32; below 100M float32; "
                    "the target's --dtype on GPU.")
 
@@ -373,8 +373,8 @@ def choose_draft_dtype(user: Optional[str], device: str, target_dtype: str, mode
                        engine: str = "hf") -> str:
     """The draft's dtype: the user's; on a CPU, for a draft large enough for its steps to be
     memory-bound, int8 (the hf engine: a quarter of float32's bytes; Qwen2.5-Coder-0.5B's steps
-    2.2-2.5x faster than float32 on an avx512_bf16 EPYC, 4x on AVX2, greedy agreement 0.979 vs
-    0.984, bench/draft_precision.py), else bfloat16 where the CPU has it natively, else float32;
+    2.3-2.8x faster than float32 on an avx512_bf16 EPYC, 2.9-3.3x under emulated AVX2, agreement 0.979 vs
+    0.990, bench/draft_precision.py), else bfloat16 where the CPU has it natively, else float32;
     on a GPU the target's dtype. Exactness never depends on it: the target verifies whatever is
     drafted."""
     if user:
