@@ -17,6 +17,10 @@ Workload (bench/modes.py): HumanEval and bench/prompts/{instructions,math,chat}.
 template, --max-new-tokens per request with EOS ignored, at each of --temperatures: --prompts per
 set one request at a time (decode tokens/s), then --concurrency requests at once (throughput =
 total tokens / wall time; "mixed" cycles their prompts over the sets). Every cell gets fresh prompts.
+Context sweep (--prompt-tokens 1024,2048,4096): per length, --prompts prompts of about that many
+tokens (bench/long_prompts.py: standard-library source and a question about it) one at a time at each
+temperature, and --context-concurrency requests at once; decode tokens/s and TTFT per mode against
+the length in the report.
 
 Protocol "pinned" (the paper's): every process of the target server on core 0 (STANDALONE's draft
 runs inside it), SSD's draft process moved to core 1, the client on core 1; "shared" lets every
@@ -39,6 +43,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import long_prompts  # noqa: E402
 import modes  # noqa: E402
 import pairs  # noqa: E402
 import prompt_sets  # noqa: E402
@@ -87,6 +92,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--concurrency", default="4", help="levels of concurrent requests (comma list; '' for none)")
     ap.add_argument("--concurrent-sets", default=modes.MIXED, help="'mixed' (the requests cycle over the sets) "
                     "or a comma list of sets, each served --concurrency at a time")
+    ap.add_argument("--prompt-tokens", default="", help="context sweep: prompt lengths in tokens (comma list, e.g. "
+                    "1024,2048,4096,8192; '' for none): --prompts standard-library source prompts per length")
+    ap.add_argument("--context-concurrency", default="", help="levels of concurrent requests for the context sweep "
+                    "too (comma list; '' for one at a time only)")
     ap.add_argument("--modes", default=",".join(modes.MODES))
     ap.add_argument("--protocols", default="pinned,shared", help="pinned and/or shared (both: the report's "
                     "headline is the equal-cores table, each mode at the better of the two)")
@@ -116,15 +125,24 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def sizing_text(args, sets, temps, levels, conc_sets, sd_candidates) -> str:
+def sizing_text(args, sets, temps, levels, conc_sets, sd_candidates, lengths, ctx_levels) -> str:
     conc = (f"; then {', '.join(map(str, levels))} requests at once ({', '.join(conc_sets)}) at each temperature"
             if levels else "")
+    if lengths:
+        conc += (f"; context sweep: {args.prompts} standard-library source prompt(s) of {lengths} tokens one at a "
+                 f"time x T={temps}" + (f", then {ctx_levels} at once" if ctx_levels else ""))
     tune = (f"; STANDALONE N tuned over {sd_candidates} on {args.tune_prompts} HumanEval prompt(s) x "
             f"{args.tune_tokens} tokens" if len(sd_candidates) > 1 else f"; STANDALONE N={sd_candidates[0]}")
     return (f"workload ({'--quick: ' if args.quick else ''}sized for {args.budget} on a 2-core CPU): "
             f"{args.prompts} prompt(s) per set one at a time x {len(sets)} sets ({', '.join(sets)}) x T={temps}"
             f"{conc}; {args.max_new_tokens} new tokens per request, EOS ignored{tune}. "
             "Raise --prompts / --max-new-tokens for tighter numbers.")
+
+
+def grow_kv_pool(server_args: list[str], tokens: int) -> None:
+    """Raise the server's --max-total-tokens (its KV pool) to hold `tokens`, if it is smaller."""
+    i = server_args.index("--max-total-tokens") + 1
+    server_args[i] = str(max(int(server_args[i]), tokens))
 
 
 def main() -> None:
@@ -147,17 +165,26 @@ def main() -> None:
     temps = [float(t) for t in args.temperatures.split(",")]
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     conc_sets = [s.strip() for s in args.concurrent_sets.split(",") if s.strip()]
+    lengths = [int(n) for n in args.prompt_tokens.split(",") if n.strip()]
+    ctx_levels = [int(c) for c in args.context_concurrency.split(",") if c.strip() and int(c) > 1]  # 1: already
+    if lengths:  # the longest prompts, all at once, with their new tokens, in the target's KV pool
+        longest = int(max(lengths) * (1 + long_prompts.TOLERANCE)) + args.max_new_tokens
+        grow_kv_pool(servers.BASE_ARGS, max(1, *ctx_levels) * longest)
     run_modes = [m for m in modes.MODES if m in args.modes.split(",")]
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     sd_candidates = [int(x) for x in args.sd_steps.split(",")]
     ssd_candidates = [0 if x.strip() == "auto" else int(x) for x in args.ssd_steps.split(",")]
     texts = {s: prompt_sets.load_set(s) for s in sets}
     cells = modes.plan({s: [prompt_sets.encode(tok, p) for p in texts[s][:40]] for s in sets}, temps,
-                       args.prompts, levels, temps, conc_sets)
+                       args.prompts, levels, temps, conc_sets, long_prompts.pools(tok, lengths), ctx_levels)
+    ctx_tokens = {}  # set name: the lengths of the prompts its cells send
+    for c in cells:
+        if long_prompts.length_of(c.set):
+            ctx_tokens.setdefault(c.set, []).extend(len(p) for p in c.prompts)
     # tuning prompts come from the end of HumanEval: never one a cell serves
     tune_prompts = [prompt_sets.encode(tok, p) for p in prompt_sets.load_set("humaneval")[-args.tune_prompts:]]
     logdir = Path(tempfile.mkdtemp(prefix="sglang-ssd-compare-"))
-    sizing = sizing_text(args, sets, temps, levels, conc_sets, sd_candidates)
+    sizing = sizing_text(args, sets, temps, levels, conc_sets, sd_candidates, lengths, ctx_levels)
     log(f"[compare] pair {'local' if args.target else pair.label}\n[compare] target {target}\n"
         f"[compare] draft {draft} ({facts.get('draft')})\n[compare] {sizing}\n[compare] server logs in {logdir}")
 
@@ -170,6 +197,7 @@ def main() -> None:
            "labels": {m: servers.LABELS[m] for m in run_modes}, "steps": steps, "tuning": {}, "errors": {},
            "sets": sets, "temperatures": temps, "concurrency": [1, *levels], "concurrent_sets": conc_sets,
            "prompts_per_set": args.prompts, "max_new_tokens": args.max_new_tokens, "sizing": sizing,
+           "prompt_tokens": lengths, "context_concurrency": ctx_levels, "context_prompt_tokens": ctx_tokens,
            "ssd_args": servers.SSD_EXTRA, "protocol_text": {p: PROTOCOL_TEXT[p] for p in protocols},
            "protocols": {}, "logs": str(logdir), "complete": False}
     n_tune = args.tune_prompts * sum(len(c) for m, c in (("sd", sd_candidates), ("ssd", ssd_candidates))

@@ -1,13 +1,16 @@
 """What compare.py measures on each server: the workload's cells and how N is tuned.
 
 A cell is (concurrency, temperature, prompt set, prompts). Batch-1 cells serve their prompts one
-at a time; a concurrent cell sends all its prompts at once (throughput = tokens / wall time). Every
+at a time; a concurrent cell sends all its prompts at once (throughput = tokens / wall time). The
+context sweep's cells (--prompt-tokens) are cells like the others whose set is a prompt length
+(long_prompts.set_name: ctx1024), so every mode measures, and the report compares, them alike. Every
 cell gets its own prompts, disjoint from the others' and from the tuning prompts, so a mode that
 learns from what it served (NGRAM's corpus, the prefix caches) never sees a prompt twice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import servers
@@ -25,16 +28,20 @@ class Cell:
 
 
 def plan(sets: dict[str, list[list[int]]], temps: list[float], per_set: int, levels: list[int],
-         conc_temps: list[float], conc_sets: list[str]) -> list[Cell]:
-    """The cells, each with fresh prompts taken in order from `sets` (prompt ids per set)."""
-    cursor = {s: 0 for s in sets}
+         conc_temps: list[float], conc_sets: list[str], context: dict[str, Sequence[list[int]]] | None = None,
+         context_levels: list[int] = ()) -> list[Cell]:
+    """The cells, each with fresh prompts taken in order from `sets` (prompt ids per set); then, for
+    each `context` set (long_prompts.pools: one per prompt length), `per_set` prompts one at a time
+    at each of `temps` and a cell of each of `context_levels` at each of `conc_temps`."""
+    pool = {**sets, **(context or {})}
+    cursor = {s: 0 for s in pool}
 
     def take(name: str) -> list[int]:
         i = cursor[name]
-        if i >= len(sets[name]):
-            raise SystemExit(f"prompt set {name} has only {len(sets[name])} prompts; ask for fewer")
+        if i >= len(pool[name]):
+            raise SystemExit(f"prompt set {name} has only {len(pool[name])} prompts; ask for fewer")
         cursor[name] += 1
-        return sets[name][i]
+        return pool[name][i]
 
     cells = [Cell(1, t, s, [take(s) for _ in range(per_set)]) for t in temps for s in sets]
     names = list(sets)
@@ -43,6 +50,9 @@ def plan(sets: dict[str, list[list[int]]], temps: list[float], per_set: int, lev
             for s in conc_sets:
                 prompts = [take(names[i % len(names)] if s == MIXED else s) for i in range(c)]
                 cells.append(Cell(c, t, s, prompts))
+    for s in context or {}:
+        cells += [Cell(1, t, s, [take(s) for _ in range(per_set)]) for t in temps]
+        cells += [Cell(c, t, s, [take(s) for _ in range(c)]) for c in context_levels for t in conc_temps]
     return cells
 
 

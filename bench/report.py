@@ -1,4 +1,4 @@
-"""compare.py's report: markdown tables, the two plots, the greedy check and the verdict.
+"""compare.py's report: markdown tables, the plots, the greedy check and the verdict.
 
 Everything here reads the results dict compare.py writes as JSON (so a saved run can be re-reported:
 `python bench/report.py bench/results/compare.json`), and nothing here starts a server.
@@ -10,7 +10,12 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from long_prompts import length_of, set_name  # noqa: E402
+
 SD, AR, SYNC, SSD32 = "sd", "ar", "sync-sd", "ssd-f32"
+CONTEXT_TARGETS = {2048: 1.5, 4096: 1.2}  # issue 24: SSD/AR decode tokens/s at that prompt length, at least
+TTFT_TARGET = 1.05  # issue 24: SSD's TTFT / AR's at every prompt length, at most
 
 
 def fmt(x, p=1) -> str:
@@ -117,7 +122,8 @@ def throughput_rows(res: dict, proto: str) -> list[tuple]:
 def throughput(res: dict, proto: str, mode: str, conc, temp, name: str) -> float | None:
     by_s = ((res["protocols"].get(proto, {}).get(mode) or {}).get("cells", {})
             .get(str(conc), {}).get(str(temp), {}))
-    cells = list(by_s.values()) if name == "all sets" else [by_s[name]] if name in by_s else []
+    cells = ([c for s, c in by_s.items() if not length_of(s)] if name == "all sets"  # the context sweep apart
+             else [by_s[name]] if name in by_s else [])
     wall = sum(c.get("wall_s") or 0 for c in cells)
     return sum(c["tokens"] for c in cells) / wall if cells and wall else None
 
@@ -147,6 +153,48 @@ def ssd_table(res: dict, proto: str) -> list[str]:
         out.append(f"| {conc} | {t} | {s} | {k_label(res['steps'].get('ssd'), c)} | {mode_label(c)} | {fmt(v, 2)} | "
                    f"{ratio(v, others[SD])} | {ratio(v, others[AR])} | {ratio(v, others[SYNC])} | "
                    + " | ".join(fmt(c.get(k), p) for _, k, p in SSD_COLS) + " |")
+    return out
+
+
+def context_rows(res: dict, proto: str) -> list[tuple]:
+    """(concurrency, temperature, set) of the context sweep's cells, by concurrency, T, length."""
+    got = [r for r in rows(res, proto) if length_of(r[2])]
+    return sorted(got, key=lambda r: (int(r[0]), float(r[1]), length_of(r[2])))
+
+
+def context_value(res: dict, proto: str, mode: str, conc, temp, name: str, key: str) -> float | None:
+    """key "tok_s": speed() (decode tokens/s one at a time, throughput when concurrent); "ttft_s"."""
+    c = cell(res, proto, mode, conc, temp, name)
+    if key == "tok_s":
+        return speed(c, conc)
+    return c["ttft_ms"] / 1e3 if c and c.get("ttft_ms") is not None else None
+
+
+CONTEXT_METRICS = (  # (context_value key, what, how, decimals, its plot's file: <stem>_<name>.png)
+    ("tok_s", "decode tokens/s", "one request at a time; throughput, total tokens / wall time, when concurrent", 2,
+     "context"),
+    ("ttft_s", "time to first token (s)", "mean over the cell's requests", 2, "ttft"))
+
+
+def context_tables(res: dict, proto: str) -> list[str]:
+    """The context sweep: decode tokens/s and TTFT per mode against the prompt's length."""
+    crows = context_rows(res, proto)
+    if not crows:
+        return []
+    modes, sent = res["modes"], res.get("context_prompt_tokens", {})
+    out = []
+    for key, what, how, p, _ in CONTEXT_METRICS:
+        out += [f"\n**Long prompts (standard-library source): {what} against the prompt's length** ({how}; "
+                "prompt tokens: asked / mean sent)\n",
+                "| conc | T | prompt tokens | " + " | ".join(label(res, m) for m in modes)
+                + " | SSD/AR | SSD/STANDALONE |",
+                "|---|---|---|" + "---|" * (len(modes) + 2)]
+        for conc, t, s in crows:
+            vals = {m: context_value(res, proto, m, conc, t, s, key) for m in modes}
+            n_sent = sum(sent[s]) / len(sent[s]) if sent.get(s) else None
+            out.append(f"| {conc} | {t} | {length_of(s)} / {fmt(n_sent, 0)} | "
+                       + " | ".join(fmt(vals[m], p) for m in modes)
+                       + f" | {ratio(vals.get('ssd'), vals.get(AR))} | {ratio(vals.get('ssd'), vals.get(SD))} |")
     return out
 
 
@@ -182,6 +230,7 @@ def tables(res: dict) -> str:
         for mode, err in res.get("errors", {}).get(proto, {}).items():
             out.append(f"\n**{res['labels'][mode]} FAILED here**: {err[:400]}")
         out += mode_tables(res, proto) + concurrency_table(res, proto) + ssd_table(res, proto)
+        out += context_tables(res, proto)
     return "\n".join(out)
 
 
@@ -205,11 +254,49 @@ def check_greedy(res: dict) -> list[str]:
     return msgs
 
 
+def headline(res: dict) -> str | None:
+    """The protocol the verdict reads: equal cores, else pinned, else the one run."""
+    protos = res["protocols"]
+    return "equal" if "equal" in protos else "pinned" if "pinned" in protos else next(iter(protos), None)
+
+
+def measured(r, goal, at_most=False) -> str:
+    met = r is not None and (r <= goal if at_most else r >= goal)
+    return "not measured" if r is None else f"measured {r:.2f}x ({'met' if met else 'MISSED'})"
+
+
 def verdict(res: dict) -> list[str]:
+    """The paper's targets (paper_verdict) and the context sweep's (context_verdict)."""
+    return paper_verdict(res) + context_verdict(res)
+
+
+def context_verdict(res: dict) -> list[str]:
+    """Issue 24's targets for long prompts, at the first temperature, one at a time, where measured:
+    SSD's decode tokens/s >= CONTEXT_TARGETS x AR's at those lengths; SSD's TTFT <= TTFT_TARGET x AR's
+    at every length."""
+    proto, t0 = headline(res), str(res["temperatures"][0])
+    lengths = res.get("prompt_tokens") or []
+    if not proto or not lengths:
+        return []
+
+    def r(n: int, key: str) -> float | None:
+        ssd, ar = (context_value(res, proto, m, 1, t0, set_name(n), key) for m in ("ssd", AR))
+        return ssd / ar if ssd and ar else None
+
+    tok = [f"at {n} tokens >= {goal}x: {measured(r(n, 'tok_s'), goal)}" for n, goal in CONTEXT_TARGETS.items()
+           if n in lengths]
+    ttft = [f"{n}: {measured(r(n, 'ttft_s'), TTFT_TARGET, at_most=True)}" for n in lengths]
+    return [f"context targets (standard-library source prompts, T={t0}, batch 1, {proto}): "
+            + (f"SSD/AR decode tokens/s {'; '.join(tok)}; " if tok else "")
+            + f"SSD/AR TTFT <= {TTFT_TARGET}x at every length: {'; '.join(ttft)}"]
+
+
+def paper_verdict(res: dict) -> list[str]:
     """The paper's targets on HumanEval, T=0, one at a time, pinned: reported, not asserted; when
     missed, the terms of the paper's speedup formula that hold SSD back."""
-    protos = res["protocols"]
-    proto = "equal" if "equal" in protos else "pinned" if "pinned" in protos else next(iter(protos), None)
+    proto = headline(res)
+    if not res["sets"]:
+        return []
     name = "humaneval" if "humaneval" in res["sets"] else res["sets"][0]
     t0 = str(res["temperatures"][0])
     ssd = cell(res, proto, "ssd", 1, t0, name) if proto else None
@@ -220,9 +307,6 @@ def verdict(res: dict) -> list[str]:
     r_ar = ssd["decode_tok_s"] / ar["decode_tok_s"] if ar and ar.get("decode_tok_s") else None
     s32 = cell(res, proto, SSD32, 1, t0, name)
     r_32 = s32["decode_tok_s"] / sd["decode_tok_s"] if s32 and sd and sd.get("decode_tok_s") else None
-    def measured(r, goal):
-        return "not measured" if r is None else f"measured {r:.2f}x ({'met' if r >= goal else 'MISSED'})"
-
     lines = [f"targets ({name}, T={t0}, batch 1, {proto}): SSD/best AR >= 1.6x: {measured(r_ar, 1.6)}; "
              f"SSD/STANDALONE, both drafts float32 on the same kernels, >= 1.5x: {measured(r_32, 1.5)} "
              f"(SSD with its default draft dtype / STANDALONE: {measured(r_sd, 1.5)})"]
@@ -257,7 +341,9 @@ def verdict(res: dict) -> list[str]:
 
 def plot(res: dict, path: Path) -> list[Path]:
     """PNG 1: decode tokens/s and acceptance length per mode and set (batch 1), one column per
-    temperature. PNG 2 (<stem>_concurrency.png): throughput vs concurrency per mode."""
+    temperature. PNG 2 (<stem>_concurrency.png): throughput vs concurrency per mode. With a context
+    sweep, PNGs 3 and 4 (<stem>_context.png, <stem>_ttft.png): decode tokens/s and TTFT against the
+    prompt's length per mode (batch 1), one panel per temperature."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -269,7 +355,7 @@ def plot(res: dict, path: Path) -> list[Path]:
     fig, axes = plt.subplots(2, len(temps), figsize=(6 * len(temps), 6.4), squeeze=False)
     width = 0.8 / len(modes)
     for col, t in enumerate(temps):
-        sets = [s for c, tt, s in rows(res, proto) if c == "1" and tt == t]
+        sets = [s for c, tt, s in rows(res, proto) if c == "1" and tt == t and not length_of(s)]
         for row, (key, what) in enumerate([("decode_tok_s", "decode tokens/s"), ("accept_len", "acceptance length")]):
             ax = axes[row][col]
             for i, m in enumerate(modes):
@@ -279,10 +365,7 @@ def plot(res: dict, path: Path) -> list[Path]:
             ax.set_title(f"T={t}: {what}, one request at a time", fontsize=9)
             if row == 0 and col == 0:
                 ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, title, path, plt)
 
     conc_path = path.with_name(path.stem + "_concurrency.png")
     trows = throughput_rows(res, proto)
@@ -291,21 +374,53 @@ def plot(res: dict, path: Path) -> list[Path]:
     for col, t in enumerate(ctemps):
         ax = axes[0][col]
         points = sorted({int(c) for c, tt, _ in trows if tt == t})  # each level over all its sets
-        for m in modes:
-            xy = [(c, throughput(res, proto, m, c, t, "all sets")) for c in points]
-            xy = [(x, y) for x, y in xy if y]
-            if xy:
-                ax.plot(*zip(*sorted(xy)), marker="o", label=label(res, m))
-        ax.set_xlabel("concurrent requests")
-        ax.set_ylabel("tokens/s (total tokens / wall time)")
         ax.set_xticks(points)
-        ax.set_title(f"T={t}: throughput vs concurrency", fontsize=9)
-        ax.legend(fontsize=7)
+        line_panel(ax, [(label(res, m), [(c, throughput(res, proto, m, c, t, "all sets")) for c in points])
+                        for m in modes],
+                   "concurrent requests", "tokens/s (total tokens / wall time)", f"T={t}: throughput vs concurrency")
+    save(fig, title, conc_path, plt)
+    return [path, conc_path] + plot_context(res, proto, path, title, plt)
+
+
+def line_panel(ax, lines, xlabel: str, ylabel: str, title: str) -> None:
+    """One panel: a line per (label, [(x, y)]) over its measured points (y None or 0: missing)."""
+    for name, xy in lines:
+        xy = sorted((x, y) for x, y in xy if y)
+        if xy:
+            ax.plot(*zip(*xy), marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def save(fig, title: str, out: Path, plt) -> None:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(conc_path, dpi=110)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
-    return [path, conc_path]
+
+
+def plot_context(res: dict, proto: str, path: Path, title: str, plt) -> list[Path]:
+    crows = [(t, s) for c, t, s in context_rows(res, proto) if c == "1"]
+    if not crows:
+        return []
+    temps = sorted({t for t, _ in crows}, key=float)
+    paths = []
+    for key, what, _, _, png in CONTEXT_METRICS:
+        out = path.with_name(f"{path.stem}_{png}.png")
+        fig, axes = plt.subplots(1, len(temps), figsize=(5.5 * len(temps), 3.8), squeeze=False)
+        for col, t in enumerate(temps):
+            ax = axes[0][col]
+            names = [s for tt, s in crows if tt == t]
+            ax.set_xscale("log", base=2)
+            ax.set_xticks([length_of(s) for s in names], [str(length_of(s)) for s in names])
+            line_panel(ax, [(label(res, m), [(length_of(s), context_value(res, proto, m, 1, t, s, key)) for s in names])
+                            for m in res["modes"]],
+                       "prompt tokens", what, f"T={t}: {what} vs prompt length, one request at a time")
+        save(fig, title, out, plt)
+        paths.append(out)
+    return paths
 
 
 def print_report(res: dict, log=print) -> None:

@@ -5,8 +5,9 @@ ends. A deeper tree proposes more tokens per round but costs draft time roughly 
 K, and on a compute-bound target the verify costs more too (not even monotonically: on a CPU a
 3-token forward can be slower than a 5-token one, GEMM kernels differ by shape). So K is chosen
 from measurements, per batch-size bucket: for each K visited, the means over its latest visit of
-the round's wall time R(K), the verify time V(K), the draft's tree time T(K) and the tokens
-emitted per request-round. Tokens per round are noisy over one visit, so E(K) shrinks the measured
+the round's wall time R(K) and the tokens emitted per request-round, and from the round cost model
+every planner reads (round_costs.py: the latest target forwards and draft trees, per bucket) the
+verify V(K) and the draft's tree T(K). Tokens per round are noisy over one visit, so E(K) shrinks the measured
 mean toward the geometric law G(K) = (1 - a^(K+1)) / (1 - a) at the per-token acceptance a
 measured over all rounds (worth N0 rounds); it still learns what the law misses (the backup's
 share, hits in easy stretches). Every `every` rounds the controller moves K one step toward the
@@ -16,8 +17,8 @@ shallower tree, measured or predicted, serves fewer tokens per second (its round
 for the tree, but it proposes fewer tokens: on the real pair on a CPU, a K=4 tree overrunning a
 248 ms verify by 20 ms still served 18 tokens/s against K=3's 16). A neighbour not measured
 recently is visited when predicted better (or, when no neighbour is measured, when predicted
-close): E = G, V and T extrapolated from the depths measured (linear; with one depth the tree
-grows in proportion to K and the verify stays flat).
+close): E = G, V and T extrapolated by the cost model from the depths measured (linear; with one
+depth the tree grows in proportion to K and the verify stays flat).
 Measurements age out after MAX_AGE decisions, so a verdict is revisited when the load or the text
 changes. Each bucket keeps its own K: a server that alternates between light and heavy load
 switches at once.
@@ -28,6 +29,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from typing import Optional
+
+from sglang_ssd.round_costs import RoundCosts, bucket_label, bucket_of
 
 AUTO_MAX_K = 8  # the deepest tree auto K may choose (and the KV SGLang reserves per round)
 EVERY = int(os.environ.get("SGLANG_SSD_AUTO_K_EVERY", "32"))
@@ -40,15 +43,13 @@ N0 = 64.0  # request-rounds the geometric law is worth against a visit's measure
 
 @dataclass
 class _Visit:
-    """Sums over the latest visit of one K (one bucket)."""
+    """Sums over the latest visit of one K (one bucket): its tokens and round times. What its
+    verify and tree cost is the round cost model's (round_costs.py), not kept here."""
 
     rounds: int = 0
     req_rounds: int = 0
     tokens: float = 0.0
     round_s: float = 0.0
-    verify_s: float = 0.0
-    trees: int = 0
-    tree_s: float = 0.0
     age: int = 0  # decisions since the visit ended (0 while it lasts)
 
     @property
@@ -62,18 +63,11 @@ class _Visit:
     def r(self) -> float:
         return self.round_s / self.rounds
 
-    @property
-    def v(self) -> float:
-        return self.verify_s / self.rounds
-
-    @property
-    def t(self) -> Optional[float]:
-        return self.tree_s / self.trees if self.trees else None
-
 
 @dataclass
 class _Bucket:
     k: int
+    size: int  # the bucket's smallest batch size (the cost model's key for it)
     visits: dict = field(default_factory=dict)  # K -> _Visit
     rounds: int = 0  # rounds at `k` since the last decision
 
@@ -84,31 +78,41 @@ def expected_tokens(a: float, k: int) -> float:
     return (1.0 - a ** (k + 1)) / (1.0 - a)
 
 
-def extrapolate(points: list[tuple[int, float]], k: int, proportional: bool) -> Optional[float]:
-    if not points:
-        return None
-    if len(points) == 1:
-        k0, v0 = points[0]
-        return v0 * k / k0 if proportional else v0
-    n = len(points)
-    mx = sum(p[0] for p in points) / n
-    my = sum(p[1] for p in points) / n
-    var = sum((p[0] - mx) ** 2 for p in points)
-    slope = sum((p[0] - mx) * (p[1] - my) for p in points) / var
-    return max(0.0, my + slope * (k - mx))
-
-
 class DepthController:
     """Chooses K for the next round. `auto=False`: K stays at `k_init` (the user fixed it)."""
 
-    def __init__(self, k_init: int, k_max: int, auto: bool, every: int = EVERY, k_min: int = 1):
+    def __init__(self, k_init: int, k_max: int, auto: bool, every: int = EVERY, k_min: int = 1,
+                 costs: Optional[RoundCosts] = None):
         if not 1 <= k_min <= k_init <= k_max:
             raise ValueError(f"need 1 <= k_min <= k_init <= k_max, got {k_min}, {k_init}, {k_max}")
         self.k, self.k_max, self.k_min, self.auto, self.every = k_init, k_max, k_min, auto, max(1, every)
+        self.costs = costs if costs is not None else RoundCosts()  # fed by the mode planner
         self._buckets: dict[int, _Bucket] = {}
         self._acc, self._rej = 0.0, 0.0
         self.moves = 0
         self.version = 0  # bumped at every decision and new bucket: when table() has news
+        self.allowed: Optional[frozenset] = None  # the depths it may choose (None: k_min..k_max)
+
+    def restrict(self, ks) -> None:
+        """Choose only among `ks` from now on (the target's verify graphs exist for those depths
+        only: verify_widths.py); K moves to the deepest allowed one at or below it (else the
+        shallowest allowed)."""
+        allowed = frozenset(k for k in ks if self.k_min <= k <= self.k_max)
+        if not allowed:
+            raise ValueError(f"no depth of {sorted(ks)} in [{self.k_min}, {self.k_max}]")
+        self.allowed = allowed
+        below = [k for k in allowed if k <= self.k]
+        self.k = max(below) if below else min(allowed)
+        for b in self._buckets.values():
+            b.k = self.k
+        self.version += 1
+
+    def _neighbours(self, k: int) -> list[int]:
+        """The nearest depths below and above k that K may move to."""
+        ks = range(self.k_min, self.k_max + 1) if self.allowed is None else sorted(self.allowed)
+        below = [x for x in ks if x < k]
+        above = [x for x in ks if x > k]
+        return below[-1:] + above[:1]
 
     @property
     def accept(self) -> float:
@@ -122,13 +126,12 @@ class DepthController:
             self._acc = self._acc * DECAY + min(j, k)
             self._rej = self._rej * DECAY + (1.0 if j < k else 0.0)
 
-    def observe(self, k: int, batch_size: int, accepted: list[int], verify_s: float, round_s: float,
-                tree_s: float = 0.0, tree_k: int = 0) -> int:
+    def observe(self, k: int, batch_size: int, accepted: list[int], round_s: float) -> int:
         """One verified round at depth k; returns K for the next round.
 
         accepted: draft tokens accepted per speculated request (each <= k); round_s: the round's
-        wall time on the worker (draft exchange, verify, acceptance); tree_s: the draft's time for
-        the tree this round's speculation came from, which it built at depth tree_k.
+        wall time on the worker (draft exchange, verify, acceptance). Its verify and the tree its
+        speculation came from are in the cost model (the mode planner records them first).
         """
         self.observe_acceptance(k, accepted)
         if not self.auto or batch_size < 1:
@@ -145,10 +148,6 @@ class DepthController:
         v.req_rounds += len(accepted)
         v.tokens += sum(min(j, k) + 1 for j in accepted)
         v.round_s += round_s
-        v.verify_s += verify_s
-        if tree_k == k and tree_s > 0:
-            v.trees += 1
-            v.tree_s += tree_s
         b.rounds += 1
         if b.rounds >= self.every:
             b.rounds = 0
@@ -157,17 +156,16 @@ class DepthController:
 
     def _predict(self, b: _Bucket, k: int) -> Optional[tuple[float, bool, bool]]:
         """(tokens per second, whether the tree fits, whether measured) at depth k."""
-        here = b.visits.get(b.k)
-        v = b.visits.get(k)
+        c, n = self.costs, b.size
+        here, v = b.visits.get(b.k), b.visits.get(k)
         g = expected_tokens(self.accept, k)
-        if v is not None and v.fresh and v.t is not None:
-            return v.e(g) / v.r, v.t <= v.v, True
-        if here is None or here.t is None:
+        vk, tk = c.verify(n, k), c.tree(n, k)
+        if v is not None and v.fresh and c.tree_measured(n, k) is not None and vk is not None:
+            return v.e(g) / v.r, tk <= vk, True
+        vh, th = c.verify(n, b.k), c.tree_measured(n, b.k)
+        if here is None or here.rounds == 0 or th is None or vh is None or vk is None or tk is None:
             return None
-        fresh = [(kk, x) for kk, x in sorted(b.visits.items()) if x.fresh]
-        vk = extrapolate([(kk, x.v) for kk, x in fresh], k, proportional=False)
-        tk = extrapolate([(kk, x.t) for kk, x in fresh if x.t is not None], k, proportional=True)
-        r = max(1e-9, here.r - max(here.v, here.t) + max(vk, tk))
+        r = max(1e-9, here.r - max(vh, th) + max(vk, tk))
         return g / r, tk <= vk, False
 
     def _decide(self, b: _Bucket) -> None:
@@ -181,13 +179,13 @@ class DepthController:
         rate, fits, _ = here
         best = b.k
         measured, unmeasured = [], []
-        for k in (b.k - 1, b.k + 1):
-            p = self._predict(b, k) if self.k_min <= k <= self.k_max else None
+        for k in self._neighbours(b.k):
+            p = self._predict(b, k)
             if p is not None:  # its rate counts any wait for its tree (R = ... + max(V, T))
                 (measured if p[2] else unmeasured).append((p[0], k))
         if not fits:  # the target waits for the tree: shallower, unless that serves fewer tokens/s
-            if any(k == b.k - 1 and r > rate for r, k in measured + unmeasured):
-                best = b.k - 1
+            if any(k < b.k and r > rate for r, k in measured + unmeasured):
+                best = max(k for _, k in measured + unmeasured if k < b.k)
         else:
             better = [x for x in measured + unmeasured if x[0] > rate * (1 + MARGIN)]
             worth = [x for x in unmeasured if x[0] >= rate * EXPLORE] if not measured else []
@@ -201,25 +199,26 @@ class DepthController:
         b.k = self.k = best
 
     def _bucket(self, batch_size: int) -> _Bucket:
-        key = batch_size.bit_length()  # 1, 2-3, 4-7, 8-15, ...
+        key = bucket_of(batch_size)
         b = self._buckets.get(key)
         if b is None:
-            b = self._buckets[key] = _Bucket(k=self.k)
+            b = self._buckets[key] = _Bucket(k=self.k, size=1 << (key - 1))
             self.version += 1
         return b
 
     def table(self) -> dict:
         """Per bucket: its K and, per K measured, tokens per request-round and ms per round,
         verify and tree, for the statistics."""
-        out = {}
+        out, c = {}, self.costs
         for key, b in sorted(self._buckets.items()):
-            lo = 1 << (key - 1)
-            out[f"bs{lo}-{2 * lo - 1}"] = {
+            visits = sorted((k, v) for k, v in b.visits.items() if v.rounds)
+            out[bucket_label(key)] = {
                 "k": b.k,
-                "tokens_per_round": {k: round(v.tokens / max(v.req_rounds, 1), 3)
-                                     for k, v in sorted(b.visits.items())},
-                "round_ms": {k: round(v.r * 1e3, 3) for k, v in sorted(b.visits.items())},
-                "verify_ms": {k: round(v.v * 1e3, 3) for k, v in sorted(b.visits.items())},
-                "tree_ms": {k: round(v.t * 1e3, 3) for k, v in sorted(b.visits.items()) if v.t is not None},
+                "tokens_per_round": {k: round(v.tokens / max(v.req_rounds, 1), 3) for k, v in visits},
+                "round_ms": {k: round(v.r * 1e3, 3) for k, v in visits},
+                "verify_ms": {k: round(c.measured(b.size, k + 1) * 1e3, 3) for k, v in visits
+                              if c.measured(b.size, k + 1) is not None},
+                "tree_ms": {k: round(c.tree_measured(b.size, k) * 1e3, 3) for k, v in visits
+                            if c.tree_measured(b.size, k) is not None},
             }
         return out

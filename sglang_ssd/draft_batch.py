@@ -18,6 +18,10 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
+# Slot lists and masks are host bookkeeping, built on the CPU whatever torch's default device is,
+# and moved to the model's device once per forward (slot_attention.build_plan).
+HOST = torch.device("cpu")
+
 
 @dataclass
 class Group:
@@ -38,7 +42,7 @@ def run(prefix: torch.Tensor, tokens: Sequence[int], start: int, write: Sequence
 
 
 def slot_tensor(slots: Sequence[int]) -> torch.Tensor:
-    return torch.tensor(slots, dtype=torch.long) if len(slots) else torch.empty(0, dtype=torch.long)
+    return torch.tensor(slots, dtype=torch.long, device=HOST) if len(slots) else torch.empty(0, dtype=torch.long, device=HOST)
 
 
 def split_rows(groups: Sequence[Group], max_rows: int) -> Iterator[list[Group]]:
@@ -101,12 +105,12 @@ class SlotMirror:
         if self._src is not slots or n < self._n:
             self._src, self._buf, self._n = slots, None, 0
         if self._buf is None or n > len(self._buf):
-            buf = torch.empty(max(16, 2 * n), dtype=torch.long)
+            buf = torch.empty(max(16, 2 * n), dtype=torch.long, device=HOST)
             if self._n:
                 buf[: self._n] = self._buf[: self._n]
             self._buf = buf
         if n > self._n:
-            self._buf[self._n:n] = torch.tensor(slots[self._n:n], dtype=torch.long)
+            self._buf[self._n:n] = torch.tensor(slots[self._n:n], dtype=torch.long, device=HOST)
             self._n = n
         self._view = self._buf[:n]
         return self._view

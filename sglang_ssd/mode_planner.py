@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sglang_ssd.auto_k import DepthController
-from sglang_ssd.round_costs import TargetCosts, bucket_of
+from sglang_ssd.round_costs import RoundCosts, bucket_of
 
 MODES = ("ssd", "sync", "plain")
 EVERY = int(os.environ.get("SGLANG_SSD_MODE_EVERY", "16"))  # rounds per decision (a probe lasts half)
@@ -137,15 +137,16 @@ class ModePlanner:
     """The one planner of a round: its mode, and K within the speculating modes (DepthController).
 
     `pinned`: a mode the user fixed (--ssd-mode), never left; `allowed`: the modes auto may use;
-    `costs`: the measured target forwards it predicts plain rounds from (fed by observe()).
+    `costs` (the depth controller's): the round cost model it feeds every round (observe()) and
+    predicts plain rounds from; automatic K reads the same one.
     """
 
     def __init__(self, depth: DepthController, pinned: Optional[str] = None, every: int = EVERY,
-                 allowed: tuple = MODES, costs: Optional[TargetCosts] = None):
+                 allowed: tuple = MODES):
         if pinned is not None and pinned not in MODES:
             raise ValueError(f"mode {pinned!r} is not one of {MODES}")
         self.depth = depth
-        self.costs = costs if costs is not None else TargetCosts()
+        self.costs: RoundCosts = depth.costs
         self.pinned = pinned
         self.every = max(2, every)
         self.probe_rounds = max(4, self.every // 2)  # a probe's visit: long enough to see a clear loss
@@ -172,8 +173,10 @@ class ModePlanner:
         (default: all) waited for a tree rather than for the draft's first drafts of new requests;
         `jit_s` (0: unknown) the draft's estimate of drafting this batch just in time."""
         self.costs.observe(batch_size, (0 if mode == "plain" else k) + 1, verify_s)
+        if mode == "ssd" and tree_k >= 1:
+            self.costs.observe_tree(batch_size, tree_k, tree_s)
         if mode == "ssd":
-            self.depth.observe(k, batch_size, accepted, verify_s, round_s, tree_s, tree_k)
+            self.depth.observe(k, batch_size, accepted, round_s)
         elif mode == "sync":
             self.depth.observe_acceptance(k, accepted)
         if self.pinned is not None or batch_size < 1 or not accepted:

@@ -1,15 +1,24 @@
-"""What the target's forwards cost on this machine, by batch size and width, as measured.
+"""What a round costs on this machine, as measured: the one cost model the worker's planners read.
 
 The planners decide from what rounds cost where they run, never from a guess carried over from
 another CPU: on an avx512_bf16 EPYC a verify of K+1 = 5 tokens per request cost about one decode
 step, on an AVX2-only one 2.4x (a plain round predicted there "as the K+1 verify" looked 2.4x
-too slow, so plain rounds were never tried while SSD lost to them). So every target forward of a
-decode round is recorded here by (batch-size bucket, width: K+1 tokens per request, 1 for a plain
-decode step), and a cost is only predicted where it was measured: the median of the latest few
-forwards at that width, or a linear interpolation between two measured widths of the bucket. A
-width never measured around (a bucket's first plain step) is unknown, and the mode planner probes
-it rather than guess. The worker feeds it (through RoundTiming); the mode planner and automatic K
-read it.
+too slow, so plain rounds were never tried while SSD lost to them). So, per batch-size bucket:
+
+- every target forward of a decode round by width (K+1 tokens per request, 1 for a plain decode
+  step): `forward`, `step` (plain decode) and `verify` (a speculated round's K+1 forward);
+- every draft tree the round's speculation came from, by the depth it was built at: `tree`.
+
+A cost is the median of the latest few measurements at that point (contexts grow: old ones age
+out). Between two measured widths a target forward is interpolated; a width never measured around
+(a bucket's first plain step) is unknown, and the mode planner probes it rather than guess. Only a
+speculated depth never visited is extrapolated, for automatic K's "is the neighbour worth a
+visit" (`verify`: linear in K over the measured speculated widths, flat from one; `tree`: linear,
+proportional to K from one depth). The mode planner feeds every round in (ModePlanner.observe);
+the mode planner (plain and sync predictions) and automatic K (verify and tree by K) read it.
+The draft's own half of a round (its forward cost by tokens, the tree by branches, the backup,
+the hit rate by budget) is measured where it runs, in the draft process (tree_budget.py), which
+gets this model's verify with every Step.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import statistics
 from collections import deque
 from typing import Optional
 
-RECENT = 5  # forwards per (bucket, width) the median is taken over (contexts grow: old ones age out)
+RECENT = 5  # measurements per (bucket, point) the median is taken over
 
 
 def bucket_of(batch_size: int) -> int:
@@ -26,20 +35,68 @@ def bucket_of(batch_size: int) -> int:
     return max(1, batch_size).bit_length()
 
 
-class TargetCosts:
-    def __init__(self, recent: int = RECENT):
+def bucket_label(key: int) -> str:
+    lo = 1 << (key - 1)
+    return f"bs{lo}-{2 * lo - 1}"
+
+
+class _Series:
+    """The latest `recent` values per (bucket, point)."""
+
+    def __init__(self, recent: int):
         self.recent = recent
-        self._seen: dict[int, dict[int, deque]] = {}  # bucket -> width -> latest seconds
+        self.seen: dict[int, dict[int, deque]] = {}
 
-    def observe(self, batch_size: int, width: int, seconds: float) -> None:
-        if batch_size < 1 or width < 1 or seconds <= 0:
-            return
-        widths = self._seen.setdefault(bucket_of(batch_size), {})
-        widths.setdefault(width, deque(maxlen=self.recent)).append(seconds)
+    def add(self, batch_size: int, point: int, seconds: float) -> None:
+        points = self.seen.setdefault(bucket_of(batch_size), {})
+        points.setdefault(point, deque(maxlen=self.recent)).append(seconds)
 
-    def measured(self, batch_size: int, width: int) -> Optional[float]:
-        d = self._seen.get(bucket_of(batch_size), {}).get(width)
+    def at(self, batch_size: int, point: int) -> Optional[float]:
+        d = self.seen.get(bucket_of(batch_size), {}).get(point)
         return statistics.median(d) if d else None
+
+    def points(self, batch_size: int) -> list[int]:
+        return sorted(self.seen.get(bucket_of(batch_size), {}))
+
+    def table(self) -> dict:
+        return {bucket_label(key): {p: round(1e3 * statistics.median(d), 3) for p, d in sorted(points.items())}
+                for key, points in sorted(self.seen.items())}
+
+
+def extrapolate(points: list[tuple[int, float]], x: int, proportional: bool) -> Optional[float]:
+    """Least squares line through `points` at x; from one point, flat or proportional to x."""
+    if not points:
+        return None
+    if len(points) == 1:
+        x0, y0 = points[0]
+        return y0 * x / x0 if proportional else y0
+    n = len(points)
+    mx = sum(p[0] for p in points) / n
+    my = sum(p[1] for p in points) / n
+    var = sum((p[0] - mx) ** 2 for p in points)
+    slope = sum((p[0] - mx) * (p[1] - my) for p in points) / var
+    return max(0.0, my + slope * (x - mx))
+
+
+class RoundCosts:
+    def __init__(self, recent: int = RECENT):
+        self._target = _Series(recent)  # (bucket, width) -> target forward seconds
+        self._tree = _Series(recent)  # (bucket, K) -> draft tree seconds
+
+    # ---- fed by the mode planner, once per verified round --------------------------------------
+    def observe(self, batch_size: int, width: int, seconds: float) -> None:
+        """A target forward of `width` tokens per request took `seconds`."""
+        if batch_size >= 1 and width >= 1 and seconds > 0:
+            self._target.add(batch_size, width, seconds)
+
+    def observe_tree(self, batch_size: int, k: int, seconds: float) -> None:
+        """The draft's tree for this round's speculation, built at depth k, took `seconds`."""
+        if batch_size >= 1 and k >= 1 and seconds > 0:
+            self._tree.add(batch_size, k, seconds)
+
+    # ---- target forwards -------------------------------------------------------------------------
+    def measured(self, batch_size: int, width: int) -> Optional[float]:
+        return self._target.at(batch_size, width)
 
     def forward(self, batch_size: int, width: int) -> Optional[float]:
         """The forward of `width` tokens per request: measured, or interpolated between the two
@@ -47,7 +104,7 @@ class TargetCosts:
         got = self.measured(batch_size, width)
         if got is not None:
             return got
-        widths = sorted(self._seen.get(bucket_of(batch_size), {}))
+        widths = self._target.points(batch_size)
         lo = [w for w in widths if w < width]
         hi = [w for w in widths if w > width]
         if not lo or not hi:
@@ -60,10 +117,32 @@ class TargetCosts:
         """A plain decode step (one token per request), or None before one was measured here."""
         return self.forward(batch_size, 1)
 
+    def verify(self, batch_size: int, k: int) -> Optional[float]:
+        """A speculated round's verify at depth k: measured or interpolated, else extrapolated over
+        the speculated widths measured (a decode step is not a verify: it never anchors one)."""
+        got = self.forward(batch_size, k + 1)
+        if got is not None:
+            return got
+        spec = [(w - 1, self.measured(batch_size, w)) for w in self._target.points(batch_size) if w >= 2]
+        return extrapolate(spec, k, proportional=False)
+
+    # ---- draft trees -----------------------------------------------------------------------------
+    def tree_measured(self, batch_size: int, k: int) -> Optional[float]:
+        return self._tree.at(batch_size, k)
+
+    def tree(self, batch_size: int, k: int) -> Optional[float]:
+        """The draft's tree at depth k: measured, else extrapolated from the depths measured."""
+        got = self.tree_measured(batch_size, k)
+        if got is not None:
+            return got
+        pts = [(kk, self.tree_measured(batch_size, kk)) for kk in self._tree.points(batch_size)]
+        return extrapolate(pts, k, proportional=True)
+
+    # ---- statistics ------------------------------------------------------------------------------
     def table(self) -> dict:
-        """Per bucket, ms per forward at each measured width (for the statistics)."""
-        out = {}
-        for key, widths in sorted(self._seen.items()):
-            lo = 1 << (key - 1)
-            out[f"bs{lo}-{2 * lo - 1}"] = {w: round(1e3 * statistics.median(d), 3) for w, d in sorted(widths.items())}
-        return out
+        """Per bucket, ms per target forward at each measured width."""
+        return self._target.table()
+
+    def tree_table(self) -> dict:
+        """Per bucket, ms per draft tree at each measured depth."""
+        return self._tree.table()

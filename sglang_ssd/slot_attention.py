@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from sglang_ssd.draft_batch import Group, slot_tensor
+from sglang_ssd.draft_batch import HOST, Group, slot_tensor
 
 NAME = "ssd_slots"
 
@@ -43,17 +43,17 @@ def build_plan(groups: Sequence[Group], device) -> list[GroupPlan]:
             local = slot_tensor(g.write)
             mask = None
             if q > 1:
-                mask = torch.ones(q, L + q, dtype=torch.bool)
-                mask[:, L:] = torch.ones(q, q, dtype=torch.bool).tril()
+                mask = torch.ones(q, L + q, dtype=torch.bool, device=HOST)
+                mask[:, L:] = torch.ones(q, q, dtype=torch.bool, device=HOST).tril()
         else:
-            lens = torch.tensor([len(o) for o in g.own], dtype=torch.long)
+            lens = torch.tensor([len(o) for o in g.own], dtype=torch.long, device=HOST)
             flat = slot_tensor([s for o in g.own for s in o])
             local, cols = torch.unique(flat, return_inverse=True)
             mask = None
             if not bool((lens == len(local)).all()):  # someone does not see all of the group's own slots
-                mask = torch.zeros(q, L + len(local), dtype=torch.bool)
+                mask = torch.zeros(q, L + len(local), dtype=torch.bool, device=HOST)
                 mask[:, :L] = True
-                mask[torch.repeat_interleave(torch.arange(q), lens), L + cols] = True
+                mask[torch.repeat_interleave(torch.arange(q, device=HOST), lens), L + cols] = True
         read = torch.cat([g.prefix, local]).to(device)
         plans.append(GroupPlan(row, row + q, read, None if mask is None else mask.to(device)))
         row += q

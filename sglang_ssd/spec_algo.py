@@ -19,6 +19,16 @@ logger = logging.getLogger(__name__)
 
 NAME = "SSD"
 DEFAULT_MAX_RUNNING_REQUESTS = 48
+GPU_GRAPH_K = 4
+
+
+def auto_k_max(device) -> int:
+    """The deepest K automatic K may choose (SGLang reserves KV and captures verify graphs for
+    it). On a GPU the target's graph runner captures this one verify width and every other one
+    runs eagerly (verify_widths.py), so K stays there: GPU_GRAPH_K, the depth a measured H100 run
+    found best (Qwen3-32B + 0.6B: K * 2.54 ms of tree steps must fit an 11.45 ms verify);
+    --speculative-num-steps chooses another."""
+    return GPU_GRAPH_K if str(device or "").startswith("cuda") else AUTO_MAX_K
 
 
 class SSDSpecAlgo(CustomSpecAlgo):
@@ -41,7 +51,7 @@ class SSDSpecAlgo(CustomSpecAlgo):
     def handle_server_args(self, server_args) -> None:
         k = server_args.speculative_num_steps
         if k is None:  # K left to the worker (auto_k.py): reserve room for the deepest it may pick
-            k = AUTO_MAX_K
+            k = auto_k_max(getattr(server_args, "device", None))
             server_args.speculative_num_steps = k
         server_args.speculative_eagle_topk = 1
         server_args.speculative_num_draft_tokens = k + 1

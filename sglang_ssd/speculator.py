@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import torch
 
-from sglang_ssd import qlaw
+from sglang_ssd import device_clock, qlaw
 from sglang_ssd.backup import ngram_propose
 from sglang_ssd.backup_policy import BackupPolicy
 from sglang_ssd.chain_drafting import ChainDrafter
@@ -395,10 +395,11 @@ class Speculator:
 
     def _timed_forward(self, groups):
         """A glue or tree forward, its time fed to the planner's cost curve."""
-        t0 = time.perf_counter()
+        if self.planner is None:
+            return self.model.forward(groups)
+        t0 = device_clock.now(self.model.device)
         out = self.model.forward(groups)
-        if self.planner is not None:
-            self.planner.cost.observe(sum(len(g) for g in groups), time.perf_counter() - t0)
+        self.planner.cost.observe(sum(len(g) for g in groups), device_clock.now(self.model.device) - t0)
         return out
 
     def _observe(self, seq: DraftSeq, o: Outcome) -> None:

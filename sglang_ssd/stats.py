@@ -63,6 +63,7 @@ class SSDStats:
     resyncs: int = 0  # requests the draft was brought back in sync with (after a pause or a restart)
     resync_s: float = 0.0  # rounds' waits for those resyncs
     target_ms: dict = field(default_factory=dict)  # per batch-size bucket, ms per target forward by width (round_costs.py)
+    verify_graphs: dict = field(default_factory=dict)  # the target's verify graph replays and eager rounds by reason (GPU)
 
     def record_round(self, ks, hits, wait_s, plain, depth: Optional[int] = None, mode: str = "ssd") -> None:
         self.steps += 1

@@ -56,6 +56,19 @@ def replays_graphs(model_runner) -> bool:
     return runner is not None and runner is not getattr(model_runner, "eager_runner", None)
 
 
+def captured_verify(model_runner):
+    """(verify widths, batch sizes) of the graphs the target replays for TARGET_VERIFY forwards,
+    or None when it replays none (CPU, --disable-cuda-graph, or a runner that captured DECODE)."""
+    if not replays_graphs(model_runner):
+        return None
+    runner = model_runner.decode_cuda_graph_runner
+    width = getattr(runner, "captured_req_width", None)
+    sizes = list(getattr(runner, "capture_bs", None) or [])
+    if getattr(runner, "capture_forward_mode", None) != ForwardMode.TARGET_VERIFY or not width or not sizes:
+        return None
+    return [int(width)], [int(b) for b in sizes]
+
+
 def decode_forward(target_worker, batch, tokens: torch.Tensor):
     """A plain round (K = 0) as SGLang's own DECODE forward of one token per request, not a
     one-token TARGET_VERIFY: on CPU the verify path costs 10-30% more per token (measured:

@@ -25,6 +25,7 @@ import math
 import time
 from typing import Callable, Optional
 
+from sglang_ssd import device_clock
 from sglang_ssd.auto_k import expected_tokens
 from sglang_ssd.fanout import FanoutEstimator, geometric_fanout
 
@@ -91,6 +92,7 @@ def calibration_forward(model, context: int = 256) -> Callable[[int], None]:
         slots = model.pool.alloc(context + n)
         try:
             model.forward([run(slot_tensor(slots[:context]), [0] * n, context, slots[context:])])
+            device_clock.now(model.device)  # timed to the kernels' end, not their launch
         finally:
             model.pool.free(slots)
     return forward
@@ -168,7 +170,9 @@ def miss_model(policy, k: int, n_seqs: int, cost: ForwardCost,
     if kind == "fast":
         return policy.tokens["fast"].value, lambda m: 0.0
     tokens = policy.tokens["neural"].value if policy.measured() else expected_hit_tokens
-    return tokens, lambda m: k * cost(m)
+    if policy.neural_measured():  # the backup's latency as the backup policy measured it (one picture)
+        return tokens, policy.neural_seconds
+    return tokens, lambda m: k * cost(m)  # before any backup ran: K forwards of the missed requests
 
 
 def plan_budget(planner: Optional[BudgetPlanner], policy, est: Optional[FanoutEstimator], k: int,

@@ -10,7 +10,11 @@ whose (b, K) has no graph verifies at the largest captured K below it when there
 shallower speculation of the same tree is still exact: its first K tokens are a K-chain), else
 eagerly, counted and logged (graph_buckets.GraphStats).
 
-Pure functions; the worker applies them (see docs/guide.md, GPU section).
+SGLang 0.5.23's graph runner captures one verify width, speculative_num_draft_tokens = K+1 (a
+batch of another width runs eagerly: `can_run_graph` compares the widths), so on a target that
+replays graphs the worker restricts automatic K to the captured depths (`VerifyGraphs.depths`)
+and asks `choose` each round; plain rounds and batches past the largest captured one run eagerly,
+counted. Pure (no CUDA): the worker applies it (see docs/guide.md, GPU section).
 """
 
 from __future__ import annotations
@@ -59,11 +63,13 @@ class VerifyChoice:
 
 
 def choose_verify(k_wanted: int, batch_size: int, widths: Sequence[int], max_requests: int,
-                  stats: Optional[GraphStats] = None) -> VerifyChoice:
+                  stats: Optional[GraphStats] = None, batch_buckets: Optional[Sequence[int]] = None) -> VerifyChoice:
     """The verify of a round the planners gave depth k_wanted (0: a plain round) for batch_size
-    requests: the largest captured K <= k_wanted and the batch bucket, or eager at k_wanted."""
+    requests: the largest captured K <= k_wanted and the batch bucket, or eager at k_wanted.
+    The batch buckets are the captured batch sizes (default: powers of two to max_requests)."""
     widths = sorted(widths)
-    bucket = smallest_at_least(batch_size, request_buckets(max_requests))
+    buckets = sorted(batch_buckets) if batch_buckets else request_buckets(max_requests)
+    bucket = smallest_at_least(batch_size, buckets)
     below = [w - 1 for w in widths if w - 1 <= k_wanted and (w - 1 >= 1 or k_wanted == 0)]
     if bucket is None or not below:
         reason = TOO_MANY_REQUESTS if bucket is None else NO_WIDTH
@@ -82,3 +88,23 @@ def restrict_depths(ks: Sequence[int], widths: Sequence[int]) -> list[int]:
     have = set(widths)
     out = [k for k in ks if k + 1 in have]
     return out or list(ks)
+
+
+class VerifyGraphs:
+    """The target's captured verify graphs as the worker sees them: the widths and batch sizes
+    captured, the depths automatic K may choose, and each round's choice, counted."""
+
+    def __init__(self, widths: Sequence[int], batch_sizes: Sequence[int]):
+        if not widths or not batch_sizes:
+            raise ValueError(f"captured widths {list(widths)} and batch sizes {list(batch_sizes)} must be non-empty")
+        self.widths = sorted(set(widths))
+        self.batch_sizes = sorted(set(batch_sizes))
+        self.stats = GraphStats(name="target verify")
+
+    def depths(self, k_max: int) -> list[int]:
+        """The depths 1..k_max whose verify replays a graph (all of them when none does)."""
+        return restrict_depths(range(1, k_max + 1), self.widths)
+
+    def choose(self, k_wanted: int, batch_size: int) -> VerifyChoice:
+        return choose_verify(k_wanted, batch_size, self.widths, self.batch_sizes[-1], self.stats,
+                             batch_buckets=self.batch_sizes)

@@ -38,9 +38,10 @@ from sglang_ssd.mode_planner import ModePlanner
 from sglang_ssd.qlaw import unpack as unpack_q
 from sglang_ssd.request_view import begin_of, sampling_of, seeded_first_token, warm_of
 from sglang_ssd.round_timing import RoundTiming, TreeTimes
-from sglang_ssd.target_verify import (decode_forward, prepare_verify, replays_graphs, sample_first_position,
-                                      seeded_first_tokens, spec_logprobs)
+from sglang_ssd.target_verify import (captured_verify, decode_forward, prepare_verify, replays_graphs,
+                                      sample_first_position, seeded_first_tokens, spec_logprobs)
 from sglang_ssd.verify import accept_chain, accept_sampled_rows, plain_path_reason
+from sglang_ssd.verify_widths import VerifyGraphs
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class SSDWorker(BaseSpecWorker):
         self._predrafted = True  # whether the last exchange let the draft pre-draft (lookups count)
         self.client: Optional[DraftClient] = None
         self.metrics = None
+        self.verify_graphs: Optional[VerifyGraphs] = None  # the target's captured verify graphs (init_cuda_graphs)
         if self.tp_rank == 0:
             self.client = self._start_draft(server_args, gpu_id)
             self._generation = self.client.generation
@@ -123,7 +125,17 @@ class SSDWorker(BaseSpecWorker):
         pass
 
     def init_cuda_graphs(self):
-        pass
+        """Called by the scheduler once the target captured its graphs: automatic K keeps to the
+        depths whose verify replays one (verify_widths.py)."""
+        captured = captured_verify(self.model_runner)
+        if captured is None:
+            return
+        self.verify_graphs = VerifyGraphs(*captured)
+        depths = self.verify_graphs.depths(self.k)
+        self.planner.depth.restrict(depths)
+        logger.info("SSD: the target replays verify graphs of width %s for up to %d requests: K in %s; "
+                    "plain rounds and other widths run eagerly (counted in verify_graphs)",
+                    self.verify_graphs.widths, self.verify_graphs.batch_sizes[-1], depths)
 
     def clear_cache_pool(self):
         pass
@@ -346,6 +358,9 @@ class SSDWorker(BaseSpecWorker):
         t_round = time.perf_counter()
         bs = len(batch.reqs)
         mode, k = self.planner.plan(bs)
+        if self.verify_graphs is not None:
+            k = self.verify_graphs.choose(k, bs).k
+            self.stats.verify_graphs = self.verify_graphs.stats.as_dict()
         drafts, k, qs, hits, wait, tree = self._drafts(batch, mode, k)
         n = k + 1
 

@@ -36,7 +36,9 @@ def _run(ctl: DepthController, verify, tree, a: float, rounds: int, bs: int = 1,
         k = ctl.k
         v, t = verify(k, bs), tree(prev, bs)
         acc = [_accepted(a, k, rng) for _ in range(bs)]
-        ctl.observe(k, bs, acc, v, max(v, t) + overhead, t, prev)
+        ctl.costs.observe(bs, k + 1, v)  # what the mode planner records first, every round
+        ctl.costs.observe_tree(bs, prev, t)
+        ctl.observe(k, bs, acc, max(v, t) + overhead)
         ks.append(k)
         prev = k
     return ks
@@ -268,3 +270,18 @@ def test_fixed_k_stays_fixed(servers, models):
     st = srv.ssd_stats()
     assert st["config"]["auto_k"] is False and st["config"]["k_max"] == K
     assert {int(k) for k in st["k_steps"]} == {K} and st["live_k"] == K and st["auto_k"] == {}
+
+
+def test_restricted_depths_are_the_only_ones_visited():
+    """The target replays verify graphs of a few widths only (verify_widths.py): K keeps to the
+    captured depths and moves between neighbouring captured ones (2 <-> 4, never 3)."""
+    ctl = DepthController(3, 8, auto=True, every=32)
+    ctl.restrict([2, 4, 9])  # 9 is past k_max: ignored
+    assert ctl.k == 2 and ctl.allowed == {2, 4}
+    ks = _run(ctl, lambda k, b: 0.010, lambda k, b: 0.0019 * k, a=0.8, rounds=600)
+    assert set(ks) == {2, 4} and ks[-1] == 4  # the flat verify's deepest fitting tree among them
+    pinned = DepthController(4, 8, auto=True, every=8)
+    pinned.restrict([8])
+    assert set(_run(pinned, lambda k, b: 0.010, lambda k, b: 0.03 * k, a=0.5, rounds=200)) == {8}
+    with pytest.raises(ValueError, match="no depth"):
+        DepthController(4, 8, auto=True).restrict([0, 9])

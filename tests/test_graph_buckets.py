@@ -182,3 +182,71 @@ def test_install_is_a_no_op_off_cuda_and_graph_set_runs_eagerly(tiny_draft):
     assert gs.get(gb.Bucket(1, 64)) == (None, gb.NOT_CUDA)
     gs = GraphSet(lambda **kw: None, lambda key: {}, "cpu", enabled=False)
     assert gs.get(gb.Bucket(1, 64)) == (None, gb.DISABLED)
+
+
+def test_verify_graphs_of_sglang_s_single_width_capture():
+    """SGLang captures one verify width (K+1) at its capture batch sizes: K keeps to that depth,
+    plain rounds and batches past the largest captured size run eagerly, counted by reason."""
+    vg = vw.VerifyGraphs([5], [1, 2, 4, 8, 12, 16, 24])
+    assert vg.depths(8) == [4] and vg.depths(3) == [1, 2, 3]  # nothing captured within 1..3: no restriction
+    assert vg.choose(4, 10) == vw.VerifyChoice(4, 12)  # padded to the captured 12, not a power of two
+    assert vg.choose(6, 3) == vw.VerifyChoice(4, 4)
+    assert vg.choose(0, 1) == vw.VerifyChoice(0, None, vw.NO_WIDTH)
+    assert vg.choose(4, 25) == vw.VerifyChoice(4, None, vw.TOO_MANY_REQUESTS)
+    assert vg.stats.as_dict() == {"replays": 2, "captures": 0, "padded_tokens": 2 * 5 + 1 * 5,
+                                  "eager": {vw.NO_WIDTH: 1, vw.TOO_MANY_REQUESTS: 1}}
+    with pytest.raises(ValueError):
+        vw.VerifyGraphs([], [1])
+
+
+def test_captured_verify_reads_the_target_s_graph_runner():
+    from types import SimpleNamespace
+
+    pytest.importorskip("sglang", reason="reads SGLang's graph runner (the GPU machine has no SGLang)")
+
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    from sglang_ssd.target_verify import captured_verify
+
+    eager = object()
+    runner = SimpleNamespace(captured_req_width=5, capture_bs=[1, 2, 4], capture_forward_mode=ForwardMode.TARGET_VERIFY)
+    assert captured_verify(SimpleNamespace(decode_cuda_graph_runner=runner, eager_runner=eager)) == ([5], [1, 2, 4])
+    assert captured_verify(SimpleNamespace(decode_cuda_graph_runner=eager, eager_runner=eager)) is None  # CPU / no graphs
+    assert captured_verify(SimpleNamespace(decode_cuda_graph_runner=None)) is None
+    decode = SimpleNamespace(captured_req_width=1, capture_bs=[1], capture_forward_mode=ForwardMode.DECODE)
+    assert captured_verify(SimpleNamespace(decode_cuda_graph_runner=decode, eager_runner=eager)) is None
+
+
+def test_automatic_k_reserve_on_a_gpu_is_the_graph_depth():
+    pytest.importorskip("sglang", reason="SGLang's algorithm registry (the GPU machine has no SGLang)")
+    from sglang_ssd.auto_k import AUTO_MAX_K
+    from sglang_ssd.spec_algo import GPU_GRAPH_K, auto_k_max
+
+    assert auto_k_max("cuda") == auto_k_max("cuda:1") == GPU_GRAPH_K == 4
+    assert auto_k_max("cpu") == auto_k_max(None) == AUTO_MAX_K
+
+
+def test_plans_and_slot_tensors_are_host_tensors_under_any_default_device():
+    """Slot lists and masks are built on the CPU and moved to the model's device once: under a
+    meta default device (a tensor made without a device is meta) the plans equal the ordinary ones."""
+    from sglang_ssd.draft_batch import Group, SlotMirror, run, slot_tensor
+    from sglang_ssd.slot_attention import build_plan
+
+    def plans():
+        m = SlotMirror()
+        pre = m.of([2, 5, 6])
+        groups = [run(pre, [7, 8], 3, [10, 11]), run(slot_tensor([]), [1], 0, [12]),
+                  Group(slot_tensor([3]), [9, 6], [4, 4], [13, 14], own=[[13], [14, 20]])]
+        return [(p.start, p.end, p.read, p.mask) for p in build_plan(groups, torch.device("cpu"))]
+
+    want = plans()
+    torch.set_default_device("meta")
+    try:
+        got = plans()
+    finally:
+        torch.set_default_device(None)
+    assert len(got) == len(want) == 3
+    for g, w in zip(got, want):
+        assert g[:2] == w[:2] and g[2].device.type == "cpu" and torch.equal(g[2], w[2])
+        assert (g[3] is None) == (w[3] is None) and (g[3] is None or torch.equal(g[3], w[3]))
+    assert want[2][3] is not None and want[0][3] is not None

@@ -269,9 +269,9 @@ def test_a_strong_draft_pays_one_short_plain_probe():
 
 
 def test_target_costs_are_measured_or_interpolated_never_guessed():
-    from sglang_ssd.round_costs import TargetCosts
+    from sglang_ssd.round_costs import RoundCosts
 
-    c = TargetCosts()
+    c = RoundCosts()
     assert c.step(1) is None and c.forward(1, 5) is None
     for s in (0.50, 0.52, 0.49, 9.0, 0.51):  # a median: one slow outlier does not move it
         c.observe(1, 5, s)
@@ -306,3 +306,83 @@ def test_a_plain_win_over_a_few_cold_ssd_rounds_is_checked_again_soon():
     assert "plain" in seen[:FIRST_WINDOW + 12]
     back = seen.index("ssd", FIRST_WINDOW + 1)
     assert back <= FIRST_WINDOW + 12 + 2 * EVERY and seen[-100:].count("ssd") >= 95
+
+
+def test_one_round_cost_model_is_fed_once_and_read_by_mode_and_depth():
+    """The mode planner records each round's target forward and tree in the one RoundCosts;
+    automatic K reads its verify and tree by K from there (extrapolated for a depth never
+    visited: the verify linear over speculated widths only, the tree proportional to K)."""
+    from sglang_ssd.round_costs import RoundCosts
+
+    depth = DepthController(3, 8, auto=True, every=1000)
+    p = ModePlanner(depth, every=1000)
+    assert p.costs is depth.costs
+    p.observe("ssd", 3, 1, [2], verify_s=0.40, round_s=0.45, tree_s=0.30, tree_k=3)
+    p.observe("plain", 0, 1, [0], verify_s=0.25, round_s=0.26)
+    c = p.costs
+    assert c.step(1) == pytest.approx(0.25) and c.verify(1, 3) == pytest.approx(0.40)
+    assert c.verify(1, 5) == pytest.approx(0.40)  # one speculated width: flat (the decode step is no anchor)
+    assert c.verify(1, 2) == pytest.approx(0.25 + (0.40 - 0.25) * 2 / 3)  # bracketed by the step
+    assert c.tree(1, 3) == pytest.approx(0.30) and c.tree(1, 6) == pytest.approx(0.60)
+    c.observe(1, 6, 0.70)
+    assert c.verify(1, 7) == pytest.approx(0.40 + 0.30 * 4 / 2)  # linear over K = 3, 5
+    assert c.tree(2, 3) is None and c.verify(2, 3) is None  # another bucket
+    assert depth.table()["bs1-1"]["verify_ms"] == {3: 400.0} and depth.table()["bs1-1"]["tree_ms"] == {3: 300.0}
+    empty = RoundCosts()
+    empty.observe_tree(1, 0, 1.0)  # a round with no tree (depth 0) is not a tree
+    assert empty.tree_table() == {}
+
+
+class LoadWorld(World):
+    """A busy server: each batch-size bucket has its own true costs (`truth(bs)`)."""
+
+    def __init__(self, truth, **kw):
+        super().__init__({}, **kw)
+        self.truth = truth
+
+    def round(self, planner, bs=1):
+        self.modes = self.truth(bs)
+        return super().round(planner, bs)
+
+
+def _load_truth(bs: int) -> dict:
+    """SSD wins up to 7 requests; from 8 on the verify of K+1 tokens per request is compute-bound
+    (2.4 decode steps, the AVX2 CPU's ratio) and plain rounds win; times grow with the batch."""
+    g = 1.0 + 0.08 * bs
+    if bs < 8:
+        return {m: (e, r * g, v * g, w * g) for m, (e, r, v, w) in STRONG.items()}
+    return {"ssd": (2.2, 2.6 * g, 2.4 * g, 0.1 * g), "sync": (2.2, 3.4 * g, 2.4 * g, 0.9 * g),
+            "plain": (1.0, 1.0 * g, 0.95 * g, 0.0)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_bucket_from_1_to_32_requests_finds_its_best_mode_while_requests_come_and_go(seed):
+    """Requests join (up to 32 at once) and leave after 4-40 rounds, so the batch wanders over the
+    buckets 1, 2-3, 4-7, 8-15, 16-31 and 32: each bucket learns its own best mode within a bounded
+    number of its own rounds (its 40th round is in the best mode: the first decision after 4
+    rounds, a 3-round plain probe, and the re-check of a win over a briefly measured SSD, 8 rounds,
+    fit before it), and from then on >= 85% of its rounds are."""
+    from sglang_ssd.round_costs import bucket_of
+
+    rng = random.Random(seed)
+    p, w = planner(), LoadWorld(_load_truth, seed=seed)
+    live: list[int] = []
+    per_bucket: dict[int, list[str]] = {}
+    for r in range(6000):
+        phase = (r // 600) % 4  # quiet, busy, very busy, busy: the load moves through the buckets
+        target = (2, 10, 32, 6)[phase]
+        if len(live) < target and rng.random() < 0.5:
+            live += [rng.randint(4, 40) for _ in range(rng.randint(1, 4))]
+        live = live[:32]
+        if not live:
+            continue
+        mode = w.round(p, len(live))
+        per_bucket.setdefault(bucket_of(len(live)), []).append(mode)
+        live = [n - 1 for n in live if n > 1]
+    assert set(per_bucket) >= {1, 2, 3, 4, 5, 6}  # 1, 2-3, 4-7, 8-15, 16-31, 32
+    for key, modes in per_bucket.items():
+        best = "ssd" if key <= 3 else "plain"
+        if len(modes) < 60:
+            continue
+        assert modes[39] == best, (key, modes[:40])
+        assert modes[40:].count(best) / len(modes[40:]) >= 0.85, (key, len(modes))

@@ -77,9 +77,10 @@ class CPUServer:
         self.stop()
         raise TimeoutError(f"server did not become healthy within {timeout}s")
 
-    def generate(self, input_ids, sampling_params: dict, **extra) -> dict:
+    def generate(self, input_ids, sampling_params: dict, timeout: float = 1800, **extra) -> dict:
+        """One request; `timeout` seconds (a CPU prefills an 8k-token prompt in about 6 minutes)."""
         body = {"input_ids": input_ids, "sampling_params": sampling_params, **extra}
-        r = requests.post(self.url + "/generate", json=body, timeout=600)
+        r = requests.post(self.url + "/generate", json=body, timeout=timeout)
         r.raise_for_status()
         return r.json()
 
