@@ -169,7 +169,7 @@ def main() -> None:
     ctx_levels = [int(c) for c in args.context_concurrency.split(",") if c.strip() and int(c) > 1]  # 1: already
     if lengths:  # the longest prompts, all at once, with their new tokens, in the target's KV pool
         longest = int(max(lengths) * (1 + long_prompts.TOLERANCE)) + args.max_new_tokens
-        grow_kv_pool(servers.BASE_ARGS, max(1, *ctx_levels) * longest)
+        grow_kv_pool(servers.BASE_ARGS, max([1, *ctx_levels]) * longest)
     run_modes = [m for m in modes.MODES if m in args.modes.split(",")]
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     sd_candidates = [int(x) for x in args.sd_steps.split(",")]
