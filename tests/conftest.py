@@ -88,6 +88,14 @@ def hf_target(models):
     return AutoModelForCausalLM.from_pretrained(str(models["target"]), dtype=torch.float32).eval()
 
 
+def cache_answer_rate(st: dict) -> float:
+    """Lookups answered from the speculation cache: full hits plus answers from a tree the draft
+    stopped early to answer in time (partial_rate). Which of the two a lookup gets depends on the
+    machine's load (a tree that overruns the verify is cut short), whether it is answered from the
+    cache at all does not: a broken cache or a dead draft leaves both low."""
+    return (st["cache_hit_rate"] or 0.0) + (st["partial_rate"] or 0.0)
+
+
 def hf_greedy(model, prompt: list[int], n: int, frequency_penalty: float = 0.0) -> list[int]:
     """Hugging Face greedy decoding without EOS handling (the servers run with ignore_eos);
     frequency_penalty as SGLang defines it: minus penalty x count of each token in the output."""
