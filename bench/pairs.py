@@ -15,7 +15,7 @@ import models
 from sglang_ssd import pypi_models
 
 SERVER_COMMON = ["--dtype", "float32", "--sleep-on-idle", "--max-total-tokens", "32768",
-                 "--max-running-requests", "8", "--log-level", "warning", "--enable-metrics"]
+                 "--max-running-requests", "32", "--log-level", "warning", "--enable-metrics"]
 
 MIN_FREE_GB = {"qwen-coder": 16.0, "smollm2": 2.0}  # qwen: weights 6.2 + their oneDNN packs 5.2 + draft 2.5 + KV 1.8
 

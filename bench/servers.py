@@ -3,8 +3,11 @@
 Modes: ar (plain decoding), ngram (SGLang's NGRAM; steps = draft tokens per round), sd (SGLang's
 STANDALONE, topk 1; steps = N draft steps), sync-sd (our SSD server pinned to --ssd-mode sync:
 synchronous SD, the neural draft every round, no tree), ssd (steps 0 = automatic K). The pinned protocol puts every process of the target
-server on core 0 (a STANDALONE draft lives in it) and SSD's draft process on core 1. One server at
-a time: a Run waits for MIN_FREE_GB of available memory before it starts one.
+server on core 0 (a STANDALONE draft lives in it); an SSD server gets cores 0 and 1 and splits them
+itself (sglang_ssd/cpu_cores.py: its draft process on core 1, the target on core 0 while the draft
+works and on both while it idles). The shared protocol lets every process use every core (an SSD
+server with --ssd-draft-cpus off: no split). One server at a time: a Run waits for MIN_FREE_GB of
+available memory before it starts one.
 """
 
 from __future__ import annotations
@@ -57,18 +60,25 @@ class Run:
         self.draft_pid, self.draft_cpus = None, None
         wait_for_memory(MIN_FREE_GB)
         t0 = time.perf_counter()
-        self.server = CPUServer(target, BASE_ARGS + mode_args(mode, draft, steps), log_path=str(self.log_path),
-                                env=None, cpus={0} if pinned else None, startup_timeout=600)
+        spec = mode in SPEC_MODES
+        split = [] if pinned or not spec else ["--ssd-draft-cpus", "off"]
+        self.server = CPUServer(target, BASE_ARGS + mode_args(mode, draft, steps) + split,
+                                log_path=str(self.log_path), env=None,
+                                cpus=({0, 1} if spec else {0}) if pinned else None, startup_timeout=600)
         self.startup_s = time.perf_counter() - t0
         self.pin_draft()
 
     def pin_draft(self) -> None:
+        """Record where the draft process runs (an SSD server pins it itself under the pinned
+        protocol: the last of its cores)."""
         if self.mode not in SPEC_MODES:
             return
         pid = self.server.ssd_stats().get("draft_pid")
-        if pid and pid != self.draft_pid or (pid and self.pinned and self.draft_cpus != "1"):
+        if pid and pid != self.draft_pid:
             self.draft_pid = pid
-            self.draft_cpus = pin_threads(pid, {1} if self.pinned else {0, 1})
+            for line in open(f"/proc/{pid}/status").read().splitlines():
+                if line.startswith("Cpus_allowed_list"):
+                    self.draft_cpus = line.split(":", 1)[1].strip()
 
     def generate(self, ids: list[int], temp: float, max_new: int) -> dict:
         sp = {"temperature": temp, "max_new_tokens": max_new, "ignore_eos": True}

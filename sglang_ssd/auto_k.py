@@ -115,6 +115,11 @@ class DepthController:
         return below[-1:] + above[:1]
 
     @property
+    def observed(self) -> float:
+        """How much acceptance evidence there is (decayed draft tokens judged)."""
+        return self._acc + self._rej
+
+    @property
     def accept(self) -> float:
         """Per-token acceptance: the truncated geometric MLE (0.5 until measured)."""
         n = self._acc + self._rej

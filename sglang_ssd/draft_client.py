@@ -49,7 +49,8 @@ class DraftClient:
                  start_timeout_s: float, saguaro_c: float = 1.0,
                  fanout_budget: Optional[int] = None, auto_budget: bool = False, engine: str = "hf",
                  curve_keys: Optional[str] = None, max_reply_bytes: int = -1,
-                 check_ready: Optional[Callable[[wire.Ready], Optional[str]]] = None):
+                 check_ready: Optional[Callable[[wire.Ready], Optional[str]]] = None,
+                 cpus: Optional[list[int]] = None):
         self.timeout_s = timeout_s
         self.external = endpoint is not None
         self.endpoint = endpoint
@@ -58,7 +59,8 @@ class DraftClient:
         self._conf = dict(model_path=model_path, k=k, fanout=fanout, backup=backup,
                           backup_batch_threshold=backup_batch_threshold, device=device, dtype=dtype,
                           kv_tokens=kv_tokens, threads=threads, saguaro_c=saguaro_c,
-                          fanout_budget=fanout_budget, auto_budget=auto_budget, engine=engine)
+                          fanout_budget=fanout_budget, auto_budget=auto_budget, engine=engine,
+                          cpus=list(cpus) if cpus else None)  # a spawned CPU draft's cores (cpu_cores.py)
         self._check_ready = check_ready
         self._ctx = zmq.Context()
         self._sock = None

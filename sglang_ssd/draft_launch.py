@@ -15,9 +15,11 @@ from sglang_ssd.draft_client import DraftClient, DraftStartError
 from sglang_ssd.vocab import tokenizer_digest
 
 
-def start_draft(server_args, cfg: SSDConfig, k: int, fanout: list[int], vocab_size: int) -> tuple[DraftClient, Optional[str]]:
-    """(the connected draft client, the endpoint it was given or None when spawned privately).
-    Raises ValueError naming the flag or the models when the draft cannot serve this target."""
+def start_draft(server_args, cfg: SSDConfig, k: int, fanout: list[int], vocab_size: int,
+                cpus: Optional[tuple[int, ...]] = None) -> tuple[DraftClient, Optional[str]]:
+    """(the connected draft client, the endpoint it was given or None when spawned privately);
+    `cpus`: the cores a spawned CPU draft pins itself to (cpu_cores.py). Raises ValueError naming
+    the flag or the models when the draft cannot serve this target."""
     target_device = str(server_args.device)
     dp_rank = get_parallel().dp_rank or 0
     device = choose_draft_device(
@@ -55,6 +57,7 @@ def start_draft(server_args, cfg: SSDConfig, k: int, fanout: list[int], vocab_si
             fanout_budget=None if cfg.fanout is not None else sum(fanout),
             auto_budget=cfg.fanout is None and cfg.fanout_budget is None,
             check_ready=check_ready, engine=cfg.draft_engine,
+            cpus=list(cpus) if cpus and device == "cpu" and endpoint is None else None,
         )
     except DraftStartError as e:
         raise ValueError(str(e)) from None

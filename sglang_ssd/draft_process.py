@@ -70,6 +70,10 @@ def run(cfg: dict) -> int:
     _die_with_parent(cleanup)
     parent = os.getppid()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s ssd-draft] %(message)s")
+    if cfg.get("cpus"):  # its own cores for its whole life (cpu_cores.py), before torch starts threads
+        from sglang_ssd.cpu_cores import pin_process
+
+        pin_process(cfg["cpus"])
     import torch
 
     if cfg.get("threads"):

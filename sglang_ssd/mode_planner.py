@@ -32,7 +32,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from sglang_ssd.auto_k import DepthController
+from sglang_ssd.auto_k import DepthController, expected_tokens
 from sglang_ssd.round_costs import RoundCosts, bucket_of
 
 MODES = ("ssd", "sync", "plain")
@@ -167,12 +167,13 @@ class ModePlanner:
 
     def observe(self, mode: str, k: int, batch_size: int, accepted: list[int], verify_s: float,
                 round_s: float, wait_s: float = 0.0, tree_s: float = 0.0, tree_k: int = 0,
-                overrun_s: Optional[float] = None, jit_s: float = 0.0) -> None:
+                overrun_s: Optional[float] = None, jit_s: float = 0.0, threads: Optional[int] = None) -> None:
         """One verified round: `accepted` draft tokens per request served in `mode` (plain rounds:
-        zeros), the round's wall time, its verify and its wait for the draft, of which `overrun_s`
-        (default: all) waited for a tree rather than for the draft's first drafts of new requests;
-        `jit_s` (0: unknown) the draft's estimate of drafting this batch just in time."""
-        self.costs.observe(batch_size, (0 if mode == "plain" else k) + 1, verify_s)
+        zeros), the round's wall time, its verify (on `threads` torch threads; None: the speculating
+        count) and its wait for the draft, of which `overrun_s` (default: all) waited for a tree
+        rather than for the draft's first drafts of new requests; `jit_s` (0: unknown) the draft's
+        estimate of drafting this batch just in time."""
+        self.costs.observe(batch_size, (0 if mode == "plain" else k) + 1, verify_s, threads)
         if mode == "ssd" and tree_k >= 1:
             self.costs.observe_tree(batch_size, tree_k, tree_s)
         if mode == "ssd":
@@ -284,10 +285,11 @@ class ModePlanner:
 
     def plain_rate(self, here: _Meter, batch_size: int) -> Optional[float]:
         """A plain round's predicted rate from a speculating mode's visit: the round without its
-        wait, with this bucket's measured decode step in place of the verify; None when no decode
-        step was measured here (never predicted from the verify: on some CPUs a verify of K+1
-        tokens costs one decode step, on others 2.4)."""
-        step = self.costs.step(batch_size)
+        wait, with a decode step in place of the verify: this bucket's measured step, else the
+        cost model's line through the forwards measured (RoundCosts.predict, by tokens per
+        forward: never the verify's own cost, since on some CPUs a verify of K+1 tokens costs one
+        decode step, on others 2.4); None when neither exists."""
+        step = self.costs.step_predicted(batch_size)
         if step is None:
             return None
         n = max(here.rounds, 1)
@@ -309,13 +311,32 @@ class ModePlanner:
     def _bucket(self, batch_size: int) -> _Bucket:
         key = bucket_of(batch_size)
         b = self._buckets.get(key)
-        if b is None:  # starts where the nearest bucket that has decided settled (else ssd)
+        if b is None:  # starts in the mode the cost model predicts faster, else where the nearest
+            # bucket that has decided settled, else ssd
             decided = [(abs(k - key), x.mode) for k, x in self._buckets.items()
                        if x.probing is None and len(x.meters) > 1]
-            first = min(decided)[1] if decided else "ssd" if "ssd" in self.allowed else self.allowed[0]
+            first = self._predicted_first(batch_size) or (
+                min(decided)[1] if decided else "ssd" if "ssd" in self.allowed else self.allowed[0])
             b = self._buckets[key] = _Bucket(mode=first, size=batch_size)
             self.version += 1
         return b
+
+    def _predicted_first(self, batch_size: int) -> Optional[str]:
+        """ssd or plain for a bucket never served, from the forwards other buckets measured
+        (RoundCosts.predict: a line in tokens per forward) and the acceptance measured so far:
+        SSD's round at best costs its verify (a tree hidden behind it), a plain round its decode
+        step at the faster thread count. None when the model cannot tell yet. At 32 requests on a
+        2-core CPU a verify of 5 tokens each took 2.35 s on the target's one core, a decode step
+        0.38 s on both: plain from the bucket's first round instead of after a decision and a probe."""
+        if "ssd" not in self.allowed or "plain" not in self.allowed:
+            return None
+        k = self.depth.k
+        step = self.costs.step_predicted(batch_size)
+        verify = self.costs.predict(batch_size, k + 1)
+        if step is None or verify is None or self.depth.observed < 1:
+            return None
+        ssd = expected_tokens(self.depth.accept, k) / verify
+        return "plain" if 1.0 / step > ssd * (1 + MARGIN) else "ssd"
 
     def table(self) -> dict:
         """Per bucket: the mode in use, switches and probes, and each mode's latest measurement."""

@@ -19,6 +19,11 @@ the mode planner (plain and sync predictions) and automatic K (verify and tree b
 The draft's own half of a round (its forward cost by tokens, the tree by branches, the backup,
 the hit rate by budget) is measured where it runs, in the draft process (tree_budget.py), which
 gets this model's verify with every Step.
+
+On a CPU server whose target borrows the draft's cores while the draft is idle (cpu_cores.py),
+target forwards are also keyed by the torch threads they ran on: `speculating` is the count of
+SSD rounds (the verify automatic K and the tree sizing read), a plain step is the fastest count
+measured, and cpu_cores.ThreadChoice picks the count of idle-draft forwards from the same table.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from collections import deque
 from typing import Optional
 
 RECENT = 5  # measurements per (bucket, point) the median is taken over
+FIT_POINTS = 64  # latest target forwards per thread count the cross-bucket line is fitted to
 
 
 def bucket_of(batch_size: int) -> int:
@@ -74,20 +80,31 @@ def extrapolate(points: list[tuple[int, float]], x: int, proportional: bool) -> 
     mx = sum(p[0] for p in points) / n
     my = sum(p[1] for p in points) / n
     var = sum((p[0] - mx) ** 2 for p in points)
-    slope = sum((p[0] - mx) * (p[1] - my) for p in points) / var
+    if var == 0:
+        return my * x / mx if proportional else my
+    slope = max(0.0, sum((p[0] - mx) * (p[1] - my) for p in points) / var)  # more work never costs less
     return max(0.0, my + slope * (x - mx))
 
 
 class RoundCosts:
-    def __init__(self, recent: int = RECENT):
-        self._target = _Series(recent)  # (bucket, width) -> target forward seconds
+    def __init__(self, recent: int = RECENT, speculating: int = 0):
+        self.recent = recent
+        self.speculating = speculating  # torch threads of speculated rounds' verifies (0: one count)
+        self._target: dict[int, _Series] = {}  # threads -> (bucket, width) -> target forward seconds
+        self._raw: dict[int, deque] = {}  # threads -> latest (batch size x width, seconds)
         self._tree = _Series(recent)  # (bucket, K) -> draft tree seconds
 
+    def _series(self, threads: Optional[int]) -> Optional[_Series]:
+        return self._target.get(self.speculating if threads is None else threads)
+
     # ---- fed by the mode planner, once per verified round --------------------------------------
-    def observe(self, batch_size: int, width: int, seconds: float) -> None:
-        """A target forward of `width` tokens per request took `seconds`."""
+    def observe(self, batch_size: int, width: int, seconds: float, threads: Optional[int] = None) -> None:
+        """A target forward of `width` tokens per request took `seconds` on `threads` torch
+        threads (None: the speculating count)."""
         if batch_size >= 1 and width >= 1 and seconds > 0:
-            self._target.add(batch_size, width, seconds)
+            t = self.speculating if threads is None else threads
+            self._target.setdefault(t, _Series(self.recent)).add(batch_size, width, seconds)
+            self._raw.setdefault(t, deque(maxlen=FIT_POINTS)).append((batch_size * width, seconds))
 
     def observe_tree(self, batch_size: int, k: int, seconds: float) -> None:
         """The draft's tree for this round's speculation, built at depth k, took `seconds`."""
@@ -95,27 +112,59 @@ class RoundCosts:
             self._tree.add(batch_size, k, seconds)
 
     # ---- target forwards -------------------------------------------------------------------------
-    def measured(self, batch_size: int, width: int) -> Optional[float]:
-        return self._target.at(batch_size, width)
+    def measured(self, batch_size: int, width: int, threads: Optional[int] = None) -> Optional[float]:
+        s = self._series(threads)
+        return s.at(batch_size, width) if s is not None else None
 
-    def forward(self, batch_size: int, width: int) -> Optional[float]:
+    def samples(self, batch_size: int, width: int, threads: Optional[int] = None) -> int:
+        """How many recent measurements the median at this point is taken over."""
+        s = self._series(threads)
+        if s is None:
+            return 0
+        return len(s.seen.get(bucket_of(batch_size), {}).get(width, ()))
+
+    def forward(self, batch_size: int, width: int, threads: Optional[int] = None) -> Optional[float]:
         """The forward of `width` tokens per request: measured, or interpolated between the two
         measured widths around it in this bucket; None when nothing brackets it."""
-        got = self.measured(batch_size, width)
+        got = self.measured(batch_size, width, threads)
         if got is not None:
             return got
-        widths = self._target.points(batch_size)
+        s = self._series(threads)
+        widths = s.points(batch_size) if s is not None else []
         lo = [w for w in widths if w < width]
         hi = [w for w in widths if w > width]
         if not lo or not hi:
             return None
         a, b = lo[-1], hi[0]
-        ta, tb = self.measured(batch_size, a), self.measured(batch_size, b)
+        ta, tb = self.measured(batch_size, a, threads), self.measured(batch_size, b, threads)
         return ta + (tb - ta) * (width - a) / (b - a)
 
+    def predict(self, batch_size: int, width: int, threads: Optional[int] = None) -> Optional[float]:
+        """A forward in a bucket that may not have measured it: forward() where it can, else the
+        line t = a + c x tokens (tokens = batch size x width; a forward reads the weights once and
+        computes per token) through this thread count's latest forwards in every bucket; None with
+        fewer than two distinct token counts measured."""
+        got = self.forward(batch_size, width, threads)
+        if got is not None:
+            return got
+        pts = list(self._raw.get(self.speculating if threads is None else threads, ()))
+        if len({n for n, _ in pts}) < 2:
+            return None
+        return extrapolate(pts, batch_size * width, proportional=False)
+
+    def step_predicted(self, batch_size: int) -> Optional[float]:
+        """step(), else the fastest thread count's predict() of a decode step."""
+        got = self.step(batch_size)
+        if got is not None:
+            return got
+        preds = [x for x in (self.predict(batch_size, 1, t) for t in self._target) if x is not None]
+        return min(preds) if preds else None
+
     def step(self, batch_size: int) -> Optional[float]:
-        """A plain decode step (one token per request), or None before one was measured here."""
-        return self.forward(batch_size, 1)
+        """A plain decode step (one token per request) at the fastest thread count measured, or
+        None before one was measured here."""
+        got = [x for x in (self.forward(batch_size, 1, t) for t in self._target) if x is not None]
+        return min(got) if got else None
 
     def verify(self, batch_size: int, k: int) -> Optional[float]:
         """A speculated round's verify at depth k: measured or interpolated, else extrapolated over
@@ -123,7 +172,9 @@ class RoundCosts:
         got = self.forward(batch_size, k + 1)
         if got is not None:
             return got
-        spec = [(w - 1, self.measured(batch_size, w)) for w in self._target.points(batch_size) if w >= 2]
+        s = self._series(None)
+        widths = s.points(batch_size) if s is not None else []
+        spec = [(w - 1, self.measured(batch_size, w)) for w in widths if w >= 2]
         return extrapolate(spec, k, proportional=False)
 
     # ---- draft trees -----------------------------------------------------------------------------
@@ -140,8 +191,11 @@ class RoundCosts:
 
     # ---- statistics ------------------------------------------------------------------------------
     def table(self) -> dict:
-        """Per bucket, ms per target forward at each measured width."""
-        return self._target.table()
+        """Per bucket, ms per target forward at each measured width (on a split CPU server, per
+        thread count: {"threads1": {...}, "threads2": {...}})."""
+        if len(self._target) <= 1:
+            return next(iter(self._target.values())).table() if self._target else {}
+        return {f"threads{t}": s.table() for t, s in sorted(self._target.items())}
 
     def tree_table(self) -> dict:
         """Per bucket, ms per draft tree at each measured depth."""

@@ -45,25 +45,27 @@ class RoundTiming:
         """The median of the latest speculated rounds' verifies (0 before the first)."""
         return statistics.median(self._verifies) if self._verifies else 0.0
 
-    def verified(self, k: int, seconds: float) -> None:
-        """The target's forward of this round took `seconds` (K = 0: a plain decode step)."""
-        if k:
+    def verified(self, mode: str, seconds: float) -> None:
+        """The target's forward of this round took `seconds`; only SSD rounds' verifies size the
+        draft's tree (a sync verify may run on the draft's cores too, a plain step verifies nothing)."""
+        if mode == "ssd":
             self._verifies.append(seconds)
         self.stats.verify_s += seconds
 
     def observe(self, mode: str, k: int, batch_size: int, accepted: list[int], unspeculated: list[bool],
                 hits: list[Optional[bool]], verify_s: float, round_s: float, wait_s: float,
-                tree: TreeTimes) -> None:
+                tree: TreeTimes, threads: Optional[int] = None) -> None:
         """One verified round: draft tokens `accepted` per request (those served without drafts,
         `unspeculated`, do not count toward speculating modes); `hits` says which requests looked
         up a pre-drafted speculation (None: none), so the wait was for a tree, not for the draft's
-        first drafts of new requests."""
+        first drafts of new requests; `threads` the torch threads of its target forward (None:
+        the speculating count)."""
         self.rounds += 1
         if self.rounds > COLD_ROUNDS:
             served = accepted if mode == "plain" else [a for a, p in zip(accepted, unspeculated) if not p]
             overrun = wait_s if any(h is not None for h in hits) else 0.0
             self.planner.observe(mode, k, batch_size, served, verify_s, round_s, wait_s, tree.tree_s,
-                                 tree.depth, overrun_s=overrun, jit_s=tree.jit_s)
+                                 tree.depth, overrun_s=overrun, jit_s=tree.jit_s, threads=threads)
         depth = self.planner.depth
         self.stats.live_k = depth.k
         self.stats.live_mode = self.planner.mode

@@ -64,6 +64,11 @@ class SSDStats:
     resync_s: float = 0.0  # rounds' waits for those resyncs
     target_ms: dict = field(default_factory=dict)  # per batch-size bucket, ms per target forward by width (round_costs.py)
     verify_graphs: dict = field(default_factory=dict)  # the target's verify graph replays and eager rounds by reason (GPU)
+    target_threads: dict = field(default_factory=dict)  # CPU core split: target forwards per kind (prefill, ssd, sync, plain) and torch threads
+
+    def record_threads(self, kind: str, threads: int) -> None:
+        per = self.target_threads.setdefault(kind, {})
+        per[threads] = per.get(threads, 0) + 1
 
     def record_round(self, ks, hits, wait_s, plain, depth: Optional[int] = None, mode: str = "ssd") -> None:
         self.steps += 1
@@ -154,6 +159,7 @@ class SSDStats:
         d["modes"] = {b: dict(v) for b, v in self.modes.items()}
         d["target_ms"] = {b: dict(v) for b, v in self.target_ms.items()}
         d["mode_steps"] = dict(self.mode_steps)
+        d["target_threads"] = {kind: dict(v) for kind, v in self.target_threads.items()}
         d["resync_ms_per_request"] = 1e3 * self.resync_s / self.resyncs if self.resyncs else None
         d["accept_length"] = self.emitted / self.spec_rounds if self.spec_rounds else None
         d["cache_hit_rate"] = self.hits / self.lookups if self.lookups else None

@@ -30,6 +30,7 @@ from sglang_ssd import wire
 from sglang_ssd.auto_k import DepthController
 from sglang_ssd.backup import ngram_propose
 from sglang_ssd.config import choose_depth, get_config
+from sglang_ssd.cpu_cores import CoreSplit, ProcessThreads, ThreadChoice, parse_cpu_list, server_cores, split_cores
 from sglang_ssd.draft_client import DraftClient
 from sglang_ssd.draft_launch import start_draft
 from sglang_ssd.fanout import resolve_fanout
@@ -85,6 +86,13 @@ class SSDWorker(BaseSpecWorker):
         self.client: Optional[DraftClient] = None
         self.metrics = None
         self.verify_graphs: Optional[VerifyGraphs] = None  # the target's captured verify graphs (init_cuda_graphs)
+        self.cores = self._split_cores(server_args)
+        self.threads = ProcessThreads()
+        self.thread_choice: Optional[ThreadChoice] = None
+        if self.cores.active:  # the target on its own cores while the draft works (cpu_cores.py)
+            self.planner.costs.speculating = len(self.cores.target)
+            self.thread_choice = ThreadChoice(self.planner.costs, self.cores)
+            self.threads.use(len(self.cores.target), self.cores.target)
         if self.tp_rank == 0:
             self.client = self._start_draft(server_args, gpu_id)
             self._generation = self.client.generation
@@ -94,10 +102,41 @@ class SSDWorker(BaseSpecWorker):
                 self.metrics = SSDMetrics({"model_name": str(server_args.served_model_name
                                                              or server_args.model_path)})
 
+    # ---- cores (CPU server) ----------------------------------------------------------------
+    def _split_cores(self, server_args: ServerArgs) -> CoreSplit:
+        """How target and a spawned CPU draft share this server's cores (cpu_cores.py)."""
+        cores, cfg = server_cores(), self.cfg
+        why = None
+        if str(server_args.device) != "cpu":
+            why = "the target is not on the CPU"
+        elif (cfg.draft_device or "cpu") != "cpu" or cfg.draft_endpoint is not None:
+            why = "the draft does not run in this server's CPU process"
+        elif int(server_args.tp_size) > 1 or int(getattr(server_args, "dp_size", 1) or 1) > 1:
+            why = "tensor or data parallel ranks have their own cores (SGLANG_CPU_OMP_THREADS_BIND)"
+        if why is not None:
+            return CoreSplit(cores, cores, reason=why)
+        explicit = None if cfg.draft_cpus in ("auto", "off") else parse_cpu_list(cfg.draft_cpus)
+        split = split_cores(cores, cfg.draft_threads or 1, explicit, enabled=cfg.draft_cpus != "off")
+        logger.info("SSD on CPU: %s", split.describe())
+        return split
+
+    def _use_cores(self, mode: str, batch_size: int, width: int) -> Optional[int]:
+        """Threads and cores of this round's target forward: its own while the draft builds the
+        next tree (ssd), the count measured faster while the draft idles (plain, sync, prefill:
+        width 0). None when there is no split."""
+        if not self.cores.active:
+            return None
+        c = self.cores
+        n = len(c.target) if mode == "ssd" else self.thread_choice.threads(batch_size, width) if width else len(c.all)
+        self.threads.use(n, c.all if n > len(c.target) else c.target)
+        self.stats.record_threads(mode, n)
+        return n
+
     # ---- draft process ---------------------------------------------------------------------
     def _start_draft(self, server_args: ServerArgs, gpu_id: int) -> DraftClient:
         cfg, depth = self.cfg, self.planner.depth
-        client, endpoint = start_draft(server_args, cfg, self.k, self.fanout, self.vocab_size)
+        client, endpoint = start_draft(server_args, cfg, self.k, self.fanout, self.vocab_size,
+                                       cpus=self.cores.draft if self.cores.active else None)
         ready = client.ready
         self.stats.draft_pid = ready.pid
         self.stats.config = dict(
@@ -106,7 +145,9 @@ class SSDWorker(BaseSpecWorker):
             auto_budget=cfg.fanout is None and cfg.fanout_budget is None, explicit_fanout=cfg.fanout,
             draft_model=server_args.speculative_draft_model_path, draft_device=ready.device,
             draft_endpoint=endpoint or "spawned (private ipc)", draft_engine=cfg.draft_engine,
-            draft_timeout_ms=cfg.draft_timeout * 1e3, curve=bool(cfg.curve_keys))
+            draft_timeout_ms=cfg.draft_timeout * 1e3, curve=bool(cfg.curve_keys),
+            cores=dict(all=list(self.cores.all), target=list(self.cores.target), draft=list(self.cores.draft))
+            if self.cores.active else self.cores.reason)
         self.stats.fanout = list(ready.fanout)
         logger.info("SSD draft process %d ready on %s (K=%s, fan-out budget %d, mode %s)", ready.pid,
                     ready.device, f"auto 1..{self.k} from {depth.k}" if depth.auto else depth.k,
@@ -176,7 +217,10 @@ class SSDWorker(BaseSpecWorker):
     def _prefill(self, batch, on_publish, pp_proxy_tensors) -> GenerationBatchResult:
         # A paused draft (plain rounds) is told nothing; the first speculated round resyncs it.
         talk = self.client is not None and batch.forward_mode.is_extend() and self.planner.mode != "plain"
-        if talk:  # the draft prefills these prompts and drafts their first speculations meanwhile
+        # With a core split the target prefills on every core and tells the draft afterwards (the
+        # Begins below): a prefill on the draft's cores too is worth more than the draft's head start.
+        split = self._use_cores("prefill", len(batch.reqs), 0) is not None
+        if talk and not split:  # the draft prefills these prompts and drafts their first speculations meanwhile
             warm = [warm_of(r, self.planner.mode == "ssd") for r in batch.reqs if r.rid not in self.synced]
             if warm:
                 self.round += 1
@@ -363,6 +407,7 @@ class SSDWorker(BaseSpecWorker):
             self.stats.verify_graphs = self.verify_graphs.stats.as_dict()
         drafts, k, qs, hits, wait, tree = self._drafts(batch, mode, k)
         n = k + 1
+        threads = self._use_cores(mode, bs, n)
 
         if k == 0 and not replays_graphs(self.model_runner):
             t0 = time.perf_counter()
@@ -374,7 +419,7 @@ class SSDWorker(BaseSpecWorker):
         if torch.cuda.is_available() and str(self.device).startswith("cuda"):
             torch.cuda.synchronize()  # the verify time is the kernels', not their launch
         took = time.perf_counter() - t0
-        self.timing.verified(k, took)
+        self.timing.verified(mode, took)
         logits_output = result.logits_output
         logits = logits_output.next_token_logits
 
@@ -409,7 +454,8 @@ class SSDWorker(BaseSpecWorker):
         unspeculated = [p or k == 0 for p in plain_rows]
         self.stats.record_round(res.k, hits, wait, unspeculated, depth=k, mode=mode)
         if self.tp_rank == 0:
-            self.timing.observe(mode, k, bs, res.k, unspeculated, hits, took, time.perf_counter() - t_round, wait, tree)
+            self.timing.observe(mode, k, bs, res.k, unspeculated, hits, took, time.perf_counter() - t_round, wait,
+                                tree, threads)
         if self.metrics is not None:
             self.metrics.publish(self.stats)
         self.stats.round_s += time.perf_counter() - t_round

@@ -25,7 +25,7 @@ MAX_NEW = [32, 7, 13, 24, 5, 19, 31, 11, 40, 9, 16, 22, 3, 27, 14, 35]
 DRAFTS = ["draft_same", "draft_perturbed", "draft_random"]
 # Each SSD server also exercises some flags, which must reach the worker and the draft process.
 EXTRA = {
-    "draft_same": [],
+    "draft_same": ["--ssd-draft-cpus", "off"],  # the unsplit path: the draft warms up during the prefill
     "draft_perturbed": ["--ssd-fanout", "2,2,1,1,3", "--ssd-backup", "neural"],
     "draft_random": ["--ssd-backup", "fast", "--ssd-fanout-budget", "7"],
 }

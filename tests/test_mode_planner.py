@@ -199,15 +199,16 @@ def test_round_timing_feeds_the_planner_and_the_statistics():
     stats = SimpleNamespace(verify_s=0.0, live_k=0, live_mode="", auto_k={}, modes={})
     t = RoundTiming(p, stats)
     assert t.verify_s == 0.0
-    t.verified(K, 1.05)  # a cold first verify
-    t.verified(0, 0.1)  # a plain decode step: not a verify the draft sizes its tree against
-    t.verified(K, 0.48)
-    t.verified(K, 0.3)
-    assert t.verify_s == pytest.approx(0.48) and stats.verify_s == pytest.approx(1.93)
+    t.verified("ssd", 1.05)  # a cold first verify
+    t.verified("plain", 0.1)  # a plain decode step: not a verify the draft sizes its tree against
+    t.verified("sync", 0.15)  # nor a sync verify (it may run on the draft's cores too)
+    t.verified("ssd", 0.48)
+    t.verified("ssd", 0.3)
+    assert t.verify_s == pytest.approx(0.48) and stats.verify_s == pytest.approx(2.08)
     for _ in range(2):
-        t.verified(K, 0.29)
+        t.verified("ssd", 0.29)
     assert t.verify_s == pytest.approx(0.3)  # the cold one no longer weighs on the median
-    t.verified(K, 0.31)
+    t.verified("ssd", 0.31)
     assert t.verify_s == pytest.approx(0.3)
     for _ in range(COLD_ROUNDS):  # the server's first rounds run cold: not learnt from
         t.observe("ssd", K, 1, [0], [False], [True], 1.0, 1.2, 0.2, TreeTimes(0.6, K, 0.4))
@@ -386,3 +387,48 @@ def test_every_bucket_from_1_to_32_requests_finds_its_best_mode_while_requests_c
             continue
         assert modes[39] == best, (key, modes[:40])
         assert modes[40:].count(best) / len(modes[40:]) >= 0.85, (key, len(modes))
+
+
+def test_a_forward_no_bucket_measured_is_predicted_by_tokens_per_forward():
+    """The line t = a + c x tokens through every bucket's forwards at one thread count (the
+    2-core EPYC's one-core figures: decode 187 ms at 1 request, verify 243 ms of 5 tokens, a
+    decode step 269 ms at 8 requests, a verify 706 ms of 40 tokens): a verify of 32 x 5 tokens is
+    predicted about 2.2 s (measured there: 2.35 s); where a bucket measured, its own median wins;
+    one token count alone predicts nothing."""
+    from sglang_ssd.round_costs import RoundCosts
+
+    c = RoundCosts(speculating=1)
+    c.observe(1, 5, 0.243)
+    assert c.predict(32, 5) is None  # one token count
+    for bs, w, s in ((1, 1, 0.187), (8, 1, 0.269), (8, 5, 0.706)):
+        c.observe(bs, w, s, 1)
+    assert c.predict(32, 5) == pytest.approx(2.2, rel=0.15)
+    assert c.predict(8, 5) == pytest.approx(0.706)  # measured
+    assert c.predict(32, 5, threads=2) is None  # another thread count is its own line
+    c.observe(1, 1, 0.099, 2)
+    c.observe(8, 1, 0.171, 2)
+    assert c.step(32) is None and c.step_predicted(32) == pytest.approx(0.099 + (0.171 - 0.099) / 7 * 31, rel=1e-6)
+    c.observe(3, 1, 0.05, 2)
+    c.observe(3, 1, 0.04, 2)
+    c.observe(3, 1, 0.03, 2)  # cheaper at more tokens: the line never falls with more work
+    assert c.predict(64, 1, threads=2) >= c.predict(8, 1, threads=2) - 1e-9
+
+
+def test_a_new_bucket_starts_in_the_mode_the_cost_model_predicts():
+    """After batch-1 and batch-8 rounds were measured (the EPYC's numbers: a verify on the target's
+    one core, a decode step on both), the first 32-request round is plain at once: a 160-token
+    verify alone (about 2.2 s for 5 tokens each) loses to a 0.38 s decode step. A bucket whose
+    verify is cheap relative to its step starts in SSD. Without acceptance measured, or a line to
+    predict from, a new bucket starts where its nearest settled neighbour did."""
+    p = ModePlanner(DepthController(K, 8, False))
+    assert p.plan(32)[0] == "ssd"  # nothing measured: the default
+    p = ModePlanner(DepthController(K, 8, False))
+    p.costs.speculating = 1
+    for _ in range(3):
+        p.observe("ssd", K, 1, [4], verify_s=0.243, round_s=0.29)
+        p.observe("plain", K, 1, [0], verify_s=0.099, round_s=0.1, threads=2)
+        p.observe("ssd", K, 8, [4] * 8, verify_s=0.706, round_s=0.8)
+        p.observe("plain", K, 8, [0] * 8, verify_s=0.171, round_s=0.18, threads=2)
+    p.costs.observe(1, 1, 0.187, 1)
+    assert p.plan(32)[0] == "plain" and p.table()["bs32-63"]["mode"] == "plain"
+    assert p.plan(2)[0] == "ssd"  # 2 x 5 tokens: ~0.3 s for ~5 tokens each vs a ~0.11 s step

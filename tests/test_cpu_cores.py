@@ -1,0 +1,150 @@
+"""The CPU core split (sglang_ssd/cpu_cores.py): which cores the draft and the target get, how many
+threads an idle-draft forward gets from the measured costs, and that a process really moves."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sglang_ssd.cpu_cores import (EXPLORE_EVERY, CoreSplit, ThreadChoice, parse_cpu_list, split_cores)
+from sglang_ssd.round_costs import RoundCosts
+
+
+def test_cpu_lists_parse_and_bad_ones_are_named():
+    assert parse_cpu_list("3") == (3,)
+    assert parse_cpu_list("0,2-3") == (0, 2, 3)
+    assert parse_cpu_list("3-3,1") == (1, 3)
+    for bad in ("", "a", "3-1", "1,,2", "-2", "1-x"):
+        with pytest.raises(ValueError, match=repr(bad).replace("(", r"\(")):
+            parse_cpu_list(bad)
+
+
+def test_the_draft_gets_the_last_cores_and_the_target_keeps_one_at_least():
+    s = split_cores([1, 0], 1)
+    assert (s.all, s.target, s.draft, s.active) == ((0, 1), (0,), (1,), True)
+    s = split_cores(range(8), 2)
+    assert (s.target, s.draft) == ((0, 1, 2, 3, 4, 5), (6, 7))
+    s = split_cores([4, 5, 6], 16)  # more draft threads than cores: all but one
+    assert (s.target, s.draft) == ((4,), (5, 6))
+    one = split_cores([3], 1)
+    assert not one.active and one.target == one.all == (3,) and "1 core" in one.reason
+    off = split_cores([0, 1], 1, enabled=False)
+    assert not off.active and off.target == (0, 1) and "off" in off.describe()
+
+
+def test_explicit_draft_cores_are_checked_against_the_servers():
+    s = split_cores([0, 1, 2, 3], 1, explicit=(1, 2))
+    assert (s.target, s.draft) == ((0, 3), (1, 2))
+    with pytest.raises(ValueError, match=r"--ssd-draft-cpus=5.*\[5\].*\[0, 1\]"):
+        split_cores([0, 1], 1, explicit=(5,))
+    with pytest.raises(ValueError, match=r"--ssd-draft-cpus=0,1: leaves the target no core"):
+        split_cores([0, 1], 1, explicit=(0, 1))
+
+
+def _choice(cores=(0, 1)):
+    split = split_cores(cores, 1)
+    costs = RoundCosts(speculating=len(split.target))
+    return ThreadChoice(costs, split), costs
+
+
+def test_an_idle_draft_forward_measures_both_counts_then_keeps_the_faster():
+    choice, costs = _choice()
+    seq = []
+    for _ in range(4):  # unmeasured counts first: all cores twice, then the target's own once
+        t = choice.threads(1, 1)
+        seq.append(t)
+        costs.observe(1, 1, 0.10 if t == 2 else 0.06, t)  # one thread is faster here (as on an AVX2 box)
+    assert seq == [2, 2, 1, 1]  # the fourth from the measurements
+    picks = [choice.threads(1, 1) for _ in range(EXPLORE_EVERY)]
+    assert picks.count(1) == EXPLORE_EVERY - 1 and picks.count(2) == 1  # the slower re-measured now and then
+    # another width and another bucket are their own questions
+    assert choice.threads(1, 5) == 2 and choice.threads(8, 1) == 2
+    for _ in range(2):
+        costs.observe(8, 1, 0.5, 2)
+        costs.observe(8, 1, 0.9, 1)
+    assert choice.threads(8, 1) == 2  # at batch 8 both cores win
+
+
+def test_a_change_of_load_is_followed():
+    choice, costs = _choice()
+    for t, s in ((2, 0.1), (2, 0.1), (1, 0.2)):
+        costs.observe(1, 1, s, t)
+    assert choice.threads(1, 1) == 2
+    for _ in range(5):  # both cores got slow (another process took one): the median moves
+        costs.observe(1, 1, 0.4, 2)
+    assert choice.threads(1, 1) == 1
+
+
+def test_costs_by_thread_count_feed_the_step_and_keep_the_verify_to_the_speculating_count():
+    costs = RoundCosts(speculating=1)
+    costs.observe(1, 5, 0.30)  # an SSD verify, speculating count
+    costs.observe(1, 5, 0.18, 2)  # a sync verify on both cores
+    costs.observe(1, 1, 0.20, 1)
+    costs.observe(1, 1, 0.12, 2)
+    assert costs.verify(1, 4) == pytest.approx(0.30)  # what the draft's tree must hide behind
+    assert costs.step(1) == pytest.approx(0.12)  # a plain round runs at the faster count
+    assert costs.samples(1, 1, 2) == 1 and costs.samples(1, 1, 3) == 0
+    assert set(costs.table()) == {"threads1", "threads2"}
+    assert RoundCosts().table() == {}
+
+
+def test_one_thread_count_keeps_the_flat_table():
+    costs = RoundCosts()
+    costs.observe(2, 5, 0.25)
+    assert costs.table() == {"bs2-3": {5: 250.0}}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_process_threads_move_every_thread_and_torchs_count():
+    """In a child: after use(1, first core) every thread of the process may run only there and
+    torch computes on one thread; after use(2, both) on both, and a matmul runs there."""
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    code = f"""
+import json, os, torch
+from sglang_ssd.cpu_cores import ProcessThreads
+torch.ones(256, 256) @ torch.ones(256, 256)  # torch's pool exists
+p = ProcessThreads()
+out = []
+for n, cpus in ((1, ({cores[0]},)), (2, tuple({cores}))):
+    p.use(n, cpus)
+    torch.ones(512, 512) @ torch.ones(512, 512)
+    tids = os.listdir("/proc/self/task")
+    out.append([torch.get_num_threads(), sorted({{c for t in tids for c in os.sched_getaffinity(int(t))}}), len(tids)])
+p.use(2, tuple({cores}))  # unchanged: nothing re-applied
+out.append(p.changes)
+print(json.dumps(out))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    one, two, changes = json.loads(res.stdout.strip().splitlines()[-1])
+    assert one[:2] == [1, [cores[0]]]
+    assert two[:2] == [2, cores]
+    assert changes == 2
+
+
+def test_the_flag_is_parsed_and_checked(tmp_path):
+    from sglang_ssd.config import SSDConfig, SSDConfigError, config_from_namespace, validate
+    import argparse
+
+    from sglang_ssd.config import add_cli_args
+
+    ap = argparse.ArgumentParser()
+    add_cli_args(ap)
+    assert config_from_namespace(ap.parse_args([])).draft_cpus == "auto"
+    assert config_from_namespace(ap.parse_args(["--ssd-draft-cpus", "off"])).draft_cpus == "off"
+    mine = sorted(os.sched_getaffinity(0))
+    assert config_from_namespace(ap.parse_args(["--ssd-draft-cpus", f"{mine[-1]}-{mine[-1]}"])).draft_cpus == str(mine[-1])
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--ssd-draft-cpus", "two"])
+    draft = tmp_path / "draft"
+    draft.mkdir()
+    with pytest.raises(SSDConfigError, match=r"--ssd-draft-cpus=4096: cores \[4096\] are not among the server's cores"):
+        validate(SSDConfig(draft_cpus="4096"), k=4, draft_model_path=str(draft), target_device="cpu")
+    with pytest.raises(SSDConfigError, match=r"--ssd-draft-cpus='0'.*--ssd-draft-endpoint"):
+        validate(SSDConfig(draft_cpus="0", draft_endpoint="tcp://127.0.0.1:5557"), k=4,
+                 draft_model_path=str(draft), target_device="cpu")
+    assert CoreSplit((0,), (0,)).describe().startswith("no core split")
