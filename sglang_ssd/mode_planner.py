@@ -17,8 +17,9 @@ A bucket's first decision comes after FIRST_WINDOW rounds (short requests are se
 then every `every` rounds: the planner moves to a measured mode only when that mode is better by
 a margin larger than the noise of both measurements (hysteresis: no flapping), visits a mode not
 measured recently at once when a prediction says it is better (plain from the decode step measured
-on this machine, round_costs.py; sync when SSD's tree outlasts the verify by more than drafting just
-in time would cost), and otherwise probes it now and then while it could be close (a mode that
+on this machine, round_costs.py; sync when SSD's tree outlasts the verify, or when a verify on more
+cores than SSD's target has would save more than drafting just in time costs), starts a bucket it
+never served in the mode the cost model predicts faster, and otherwise probes a mode now and then while it could be close (a mode that
 cannot be predicted, such as a bucket's plain rounds before its first plain step, or SSD seen from
 plain rounds, always could), at intervals that double while probes lose (their cost stays bounded)
 and reset on a win. Plain rounds vary little (one token per request), so their probe is short.
@@ -266,16 +267,24 @@ class ModePlanner:
                 return "maybe", 0.0
             return ("now" if predicted > here.rate else "maybe" if predicted > EXPLORE * here.rate else "no"), predicted
         if mode == "sync":
-            # Only SSD rounds that wait for their tree can make sync pay (a new request's first
-            # drafts are waited for in sync rounds too), and a sync round costs SSD's round
-            # without that wait plus drafting just in time (J, the draft's estimate; 0 when it
-            # has none): its rate is about E / (R - overrun + J), which must beat every mode
-            # measured. From plain rounds, SSD is probed first.
+            # A sync round costs SSD's round without its wait for a tree that outlasted the verify,
+            # plus drafting just in time (J, the draft's estimate; 0 when it has none), with the
+            # verify at the fastest thread count the cost model predicts for it (the draft idles
+            # during a sync verify: on a split CPU server the target borrows its cores) in place of
+            # SSD's: its rate is about E / (R - overrun - V_ssd + V_sync + J), which must beat every
+            # mode measured. So sync is worth a visit only when SSD's tree overruns or its verify
+            # would be faster on more cores. From plain rounds, SSD is probed first.
             ssd = b.meters.get("ssd")
-            if b.mode != "ssd" or ssd is None or ssd.overrun_s <= OVERRUN * ssd.verify_s:
+            if b.mode != "ssd" or ssd is None:
+                return "no", 0.0
+            n = ssd.rounds
+            v_ssd = ssd.verify_s / n
+            v_sync = min(v_ssd, self.costs.fastest(b.size, self.depth.k + 1, others=True) or v_ssd)
+            if ssd.overrun_s <= OVERRUN * ssd.verify_s and v_sync >= (1 - MARGIN) * v_ssd:
                 return "no", 0.0
             jit = ssd.jit_s / ssd.jit_rounds if ssd.jit_rounds else 0.0
-            bound = ssd.tokens / max(ssd.req_rounds, 1) / max((ssd.round_s - ssd.overrun_s) / ssd.rounds + jit, 1e-9)
+            bound = ssd.tokens / max(ssd.req_rounds, 1) / max((ssd.round_s - ssd.overrun_s) / n - v_ssd + v_sync + jit,
+                                                              1e-9)
             best = max([here.rate] + [m.rate for m in b.meters.values() if m.fresh])
             plain = self.plain_rate(here, b.size)
             if plain is not None and plain > bound:

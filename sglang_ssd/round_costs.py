@@ -116,6 +116,12 @@ class RoundCosts:
         s = self._series(threads)
         return s.at(batch_size, width) if s is not None else None
 
+    def fastest_measured(self, batch_size: int, width: int, threads: Optional[int] = None) -> Optional[float]:
+        """The fastest of the recent forwards at this point (None: none)."""
+        s = self._series(threads)
+        d = s.seen.get(bucket_of(batch_size), {}).get(width) if s is not None else None
+        return min(d) if d else None
+
     def samples(self, batch_size: int, width: int, threads: Optional[int] = None) -> int:
         """How many recent measurements the median at this point is taken over."""
         s = self._series(threads)
@@ -139,26 +145,52 @@ class RoundCosts:
         ta, tb = self.measured(batch_size, a, threads), self.measured(batch_size, b, threads)
         return ta + (tb - ta) * (width - a) / (b - a)
 
+    def _line(self, threads: int, tokens: int) -> Optional[float]:
+        """The line t = a + c x tokens through this thread count's latest forwards in every bucket
+        (None with fewer than two distinct token counts)."""
+        pts = list(self._raw.get(threads, ()))
+        if len({n for n, _ in pts}) < 2:
+            return None
+        return extrapolate(pts, tokens, proportional=False)
+
     def predict(self, batch_size: int, width: int, threads: Optional[int] = None) -> Optional[float]:
         """A forward in a bucket that may not have measured it: forward() where it can, else the
-        line t = a + c x tokens (tokens = batch size x width; a forward reads the weights once and
-        computes per token) through this thread count's latest forwards in every bucket; None with
-        fewer than two distinct token counts measured."""
+        line in tokens per forward (batch size x width: a forward reads the weights once and
+        computes per token) through this thread count's forwards in every bucket, else (a thread
+        count measured at one token count only, e.g. plain steps at one batch size) another count's
+        line scaled by the two counts' ratio where both were measured; None when nothing relates."""
         got = self.forward(batch_size, width, threads)
         if got is not None:
             return got
-        pts = list(self._raw.get(self.speculating if threads is None else threads, ()))
-        if len({n for n, _ in pts}) < 2:
-            return None
-        return extrapolate(pts, batch_size * width, proportional=False)
+        t = self.speculating if threads is None else threads
+        tokens = batch_size * width
+        line = self._line(t, tokens)
+        if line is not None or t not in self._raw:
+            return line
+        mine: dict[int, list] = {}
+        for n, sec in self._raw[t]:
+            mine.setdefault(n, []).append(sec)
+        for other in self._raw:
+            base = self._line(other, tokens) if other != t else None
+            if base is None:
+                continue
+            ratios = [statistics.median(v) / at for n, v in mine.items()
+                      if (at := self._line(other, n)) and at > 0]
+            if ratios:
+                return base * statistics.median(ratios)
+        return None
+
+    def fastest(self, batch_size: int, width: int, others: bool = False) -> Optional[float]:
+        """predict() at the thread count that makes this forward cheapest (None: unpredictable);
+        `others`: among the counts other than the speculating one only."""
+        counts = [t for t in self._target if not (others and t == self.speculating)]
+        preds = [x for x in (self.predict(batch_size, width, t) for t in counts) if x is not None]
+        return min(preds) if preds else None
 
     def step_predicted(self, batch_size: int) -> Optional[float]:
         """step(), else the fastest thread count's predict() of a decode step."""
         got = self.step(batch_size)
-        if got is not None:
-            return got
-        preds = [x for x in (self.predict(batch_size, 1, t) for t in self._target) if x is not None]
-        return min(preds) if preds else None
+        return got if got is not None else self.fastest(batch_size, 1)
 
     def step(self, batch_size: int) -> Optional[float]:
         """A plain decode step (one token per request) at the fastest thread count measured, or

@@ -148,3 +148,17 @@ def test_the_flag_is_parsed_and_checked(tmp_path):
         validate(SSDConfig(draft_cpus="0", draft_endpoint="tcp://127.0.0.1:5557"), k=4,
                  draft_model_path=str(draft), target_device="cpu")
     assert CoreSplit((0,), (0,)).describe().startswith("no core split")
+
+
+def test_cold_forwards_do_not_decide_the_thread_count():
+    """The first forwards at a new batch shape run cold (oneDNN makes its kernels): two cold
+    two-thread forwards against one warm one-thread forward must not settle on one thread; the
+    fastest recent forward of each count decides."""
+    choice, costs = _choice()
+    assert choice.threads(16, 1) == 2
+    costs.observe(16, 1, 1.9, 2)  # cold
+    assert choice.threads(16, 1) == 2
+    costs.observe(16, 1, 0.35, 2)
+    assert choice.threads(16, 1) == 1
+    costs.observe(16, 1, 0.62, 1)
+    assert choice.threads(16, 1) == 2

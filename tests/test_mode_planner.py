@@ -432,3 +432,68 @@ def test_a_new_bucket_starts_in_the_mode_the_cost_model_predicts():
     p.costs.observe(1, 1, 0.187, 1)
     assert p.plan(32)[0] == "plain" and p.table()["bs32-63"]["mode"] == "plain"
     assert p.plan(2)[0] == "ssd"  # 2 x 5 tokens: ~0.3 s for ~5 tokens each vs a ~0.11 s step
+
+
+class SplitWorld(World):
+    """A CPU server with a core split: SSD's verify runs on the target's one core, sync and plain
+    forwards on both (the draft idles during them)."""
+
+    THREADS = {"ssd": 1, "sync": 2, "plain": 2}
+
+    def round(self, planner: ModePlanner, bs: int = 1) -> str:
+        mode, k = planner.plan(bs)
+        e, r, v, w = self.modes[mode]
+        f = 1.0 + self.rng.uniform(-self.noise, self.noise)
+        acc = [min(int(e - 1), k) if mode != "plain" else 0] * bs
+        planner.observe(mode, k, bs, acc, verify_s=v * f, round_s=r * f, wait_s=w * f, tree_s=v * 0.5, tree_k=k,
+                        overrun_s=0.0, jit_s=self.jit if mode != "plain" else 0.0, threads=self.THREADS[mode])
+        return mode
+
+
+def test_sync_is_probed_and_kept_when_its_verify_on_both_cores_beats_the_hidden_tree():
+    """The 2-core EPYC at batch 1: SSD's round 290 ms (verify 242 ms on one core, the tree hidden
+    behind it), a decode step on both cores 99 ms, drafting just in time 94 ms. A sync round
+    (94 ms of drafting, then the verify on both cores, ~140 ms) serves the same 5 tokens in 245 ms:
+    the planner probes it from the cost model's two-core line (decode steps and sync verifies on two
+    threads, no tree overrun needed) and keeps it."""
+    truth = {"ssd": (5.0, 0.290, 0.242, 0.045), "sync": (5.0, 0.245, 0.140, 0.100),
+             "plain": (1.0, 0.100, 0.099, 0.0)}
+    p, w = planner(), SplitWorld(truth, noise=0.05, jit=0.094)
+    p.costs.speculating = 1
+    for _ in range(3):  # two-core forwards seen (other buckets' or earlier plain probes)
+        p.costs.observe(1, 1, 0.099, 2)
+        p.costs.observe(2, 1, 0.105, 2)
+    modes = [w.round(p) for _ in range(400)]
+    assert "sync" in modes[:4 * EVERY]
+    assert modes[-200:].count("sync") / 200 > 0.9 and p.table()["bs1-1"]["mode"] == "sync"
+
+
+def test_no_sync_probe_when_no_other_thread_count_is_faster():
+    """Without a split (one thread count) a sync verify costs SSD's: with the tree hidden, sync is
+    never probed (the draft's drafting would only add to the round)."""
+    truth = {"ssd": (5.0, 0.290, 0.242, 0.045), "sync": (5.0, 0.34, 0.242, 0.100), "plain": (1.0, 0.2, 0.19, 0.0)}
+    p, w = planner(), World(truth, noise=0.05, jit=0.094, overruns=False)
+    modes = [w.round(p) for _ in range(400)]
+    assert "sync" not in modes
+
+
+def test_a_thread_count_measured_at_one_size_is_predicted_by_its_ratio_to_another():
+    """Plain steps on both cores measured at batch 1 only (96 ms, against 176 ms on one core), SSD's
+    one-core verifies at batches 1 and 2: a two-core forward of 10 tokens (a plain step at batch 10
+    or a sync verify at batch 2) is the one-core line there times 96/176."""
+    from sglang_ssd.round_costs import RoundCosts
+
+    c = RoundCosts(speculating=1)
+    c.observe(1, 1, 0.176, 1)
+    c.observe(1, 5, 0.255)
+    c.observe(2, 5, 0.311)
+    c.observe(1, 1, 0.096, 2)
+    one_core = c.predict(2, 5)
+    assert one_core == pytest.approx(0.311)
+    from sglang_ssd.round_costs import extrapolate
+
+    line1 = extrapolate([(1, 0.176), (5, 0.255), (10, 0.311)], 1, proportional=False)  # the one-core line at 1 token
+    line10 = c.predict(10, 1)
+    assert c.predict(10, 1, threads=2) == pytest.approx(line10 * 0.096 / line1, rel=1e-6)
+    assert c.fastest(2, 5, others=True) == pytest.approx(c.predict(2, 5) * 0.096 / c.predict(1, 1), rel=0.05)
+    assert c.predict(1, 1, threads=3) is None  # a count never measured
