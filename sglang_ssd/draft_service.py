@@ -169,26 +169,30 @@ class DraftService:
                                first_predrafted=spec.first.found, first_missed=spec.first.missed),
         )), predraft
 
-    def answer_mid_tree(self, raw: bytes, may_answer: bool = True) -> tuple[Optional[bytes], bool]:
-        """(reply, outcome waiting) for a Step that arrives between tree steps. A Step that only
-        asks for first speculations (outcomes with k = -1: the worker's first decode round after
-        a Begin), which the tree in progress does not touch, is answered at once: the target's
-        first verify overlaps the first tree instead of waiting for it. Anything else waits for
-        the tree (reply None); whether it brings outcomes the worker waits on says whether the
-        tree may be cut short for it (Speculator.worth_stopping). may_answer False: an earlier
-        Step is already waiting, and replies keep the order of their Steps."""
+    def answer_mid_tree(self, raw: bytes, may_answer: bool = True) -> tuple[Optional[bytes], bool, bool]:
+        """(reply, outcome waiting, tree moot) for a Step that arrives between tree steps. A Step
+        that only asks for first speculations (outcomes with k = -1: the worker's first decode round
+        after a Begin), which the tree in progress does not touch, is answered at once: the
+        target's first verify overlaps the first tree instead of waiting for it. Anything else
+        waits for the tree (reply None); whether it brings outcomes the worker waits on says
+        whether the tree may be cut short for it (Speculator.worth_stopping). A Step releasing every
+        request the tree is for (they finished, or the worker paused them for plain rounds, whose
+        target forward then borrows this process's cores) makes the tree moot: it stops at once.
+        may_answer False: an earlier Step is already waiting, and replies keep the order of their
+        Steps."""
         try:
             msg = wire.decode_to_draft(raw)
         except wire.WireError:
-            return None, False
+            return None, False, False
         spec = self.spec
         if not isinstance(msg, wire.Step) or spec is None or msg.round <= self.last_round:
-            return None, False
+            return None, False, False
+        moot = bool(spec.tree_rids) and spec.tree_rids <= set(msg.releases)
         waiting = msg.reply and any(o.k >= 0 for o in msg.outcomes)
         if (not may_answer or not msg.reply or msg.begins or msg.releases or msg.warm or not msg.outcomes
                 or msg.depth not in (0, spec.depth) or waiting):
-            return None, waiting
-        return self.handle(raw)[0], False
+            return None, waiting, moot
+        return self.handle(raw)[0], False, False
 
     def has_background(self) -> bool:
         return self.spec is not None and self.spec.has_background()
@@ -227,9 +231,11 @@ def serve(sock: zmq.Socket, service: DraftService, alive: Callable[[], bool] = l
     sent_at, cycle = [time.perf_counter()], [0.0]
 
     def between() -> bool:
+        moot = False
         while sock.poll(0, zmq.POLLIN):
             raw = sock.recv()
-            reply, waits = service.answer_mid_tree(raw, may_answer=not pending)  # answers keep order
+            reply, waits, gone = service.answer_mid_tree(raw, may_answer=not pending)  # answers keep order
+            moot = moot or gone
             if waits and not cycle[0]:
                 cycle[0] = time.perf_counter() - sent_at[0]
             if reply is None:
@@ -237,7 +243,7 @@ def serve(sock: zmq.Socket, service: DraftService, alive: Callable[[], bool] = l
             else:
                 sock.send(reply)
                 sent_at[0] = time.perf_counter()
-        return cycle[0] > 0 and service.spec.worth_stopping(cycle[0])
+        return moot or (cycle[0] > 0 and service.spec.worth_stopping(cycle[0]))
 
     starved = 0  # messages handled since the last chunk of background prefill
     while True:

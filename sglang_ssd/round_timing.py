@@ -22,6 +22,7 @@ from sglang_ssd.mode_planner import ModePlanner
 
 RECENT_VERIFIES = 5  # speculated rounds the verify's median is taken over
 COLD_ROUNDS = 4  # decode rounds after start-up the planners do not learn from
+TABLES_EVERY = 16  # rounds between copies of the planners' tables into the statistics at the latest
 
 
 class TreeTimes(NamedTuple):
@@ -70,7 +71,7 @@ class RoundTiming:
         self.stats.live_k = depth.k
         self.stats.live_mode = self.planner.mode
         version = (depth.version, self.planner.version)
-        if version != self._tables:
+        if version != self._tables or self.rounds % TABLES_EVERY == 0:  # (a pinned mode never decides)
             self._tables = version
             if depth.auto:
                 self.stats.auto_k = depth.table()

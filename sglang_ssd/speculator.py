@@ -62,6 +62,7 @@ class Speculator:
         self.k = k  # the session's K: the deepest speculation the worker may ask for
         self.depth = k  # this round's K (the worker's automatic K may lower it, auto_k.py)
         self.fanout = fanout
+        self.tree_rids: set = set()  # the requests of the tree in progress (empty between trees)
         self.tree_fanout: list[int] = []  # the schedule of the last tree built (what Plan reports)
         self._fixed_fanout = list(fanout)
         self.backup = backup
@@ -339,6 +340,7 @@ class Speculator:
         seqs = glued
         if not seqs:
             return
+        self.tree_rids = {s.rid for s in seqs}  # (a Step releasing all of them makes the tree moot)
         fan = plan_budget(self.planner, self.policy, self.estimator, k, len(seqs), self.verify_s,
                           self.model.vocab_size - 1)
         if fan is not None:
@@ -357,6 +359,7 @@ class Speculator:
             chains += [ch for _, _, ch in forks]
             owners += [(s, j, c) for j, c, _ in forks]
         done = self._run_chains(chains, between, tree_fan)
+        self.tree_rids = set()
         for (s, j, c), ch in zip(owners, chains):
             s.cache[(j, c)] = (ch.out, ch.q())
         self.last_tree_s, self.last_tree_depth = time.perf_counter() - t0, done
@@ -371,6 +374,7 @@ class Speculator:
 
     def drop_speculation(self) -> None:
         """Forget this round's glue and cache (pool pressure): the next lookups miss."""
+        self.tree_rids = set()
         for s in self.seqs.values():
             self.model.pool.free(s.glue_slots)
             s.glue_slots = []

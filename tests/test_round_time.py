@@ -351,9 +351,9 @@ def test_first_speculation_is_answered_mid_tree(models):
 
     def between():
         if not answers:
-            assert svc.answer_mid_tree(later) == (None, True)  # a real outcome waits (or stops the tree)
-            reply, waiting = svc.answer_mid_tree(first)
-            assert not waiting
+            assert svc.answer_mid_tree(later) == (None, True, False)  # a real outcome waits (or stops the tree)
+            reply, waiting, moot = svc.answer_mid_tree(first)
+            assert not waiting and not moot
             answers.append(wire.decode_from_draft(reply))
 
     svc.speculate(between)
@@ -497,3 +497,35 @@ def test_the_draft_service_stops_its_tree_for_a_waiting_round(models, hf_target)
         th.join(10)
         a.close(linger=0)
         b.close(linger=0)
+
+
+def test_a_tree_whose_requests_are_all_released_stops_at_once(models):
+    """The worker pauses every request of the tree in progress (plain rounds, whose forward
+    borrows the draft's cores) or they finished: the Step releasing them makes the tree moot and
+    it stops after the step in progress; releasing only some of them does not."""
+    from sglang_ssd.draft_model import DraftModel
+    from sglang_ssd.draft_service import DraftService
+
+    svc = DraftService(DraftModel(str(models["target"]), "cpu", "float32", 4096), str(models["target"]))
+    k = 4
+    svc.open(wire.Hello(protocol=wire.PROTOCOL_VERSION, session="s", k=k, fanout=[1, 1, 1, 1, 2],
+                        backup="neural"))
+    begins = [wire.Begin(rid=r, prompt=[5, 6, 7, 8 + i], pending=9) for i, r in enumerate("ab")]
+    assert svc.handle(wire.encode(wire.Step(round=1, begins=begins, reply=False))) == (None, True)
+    some = wire.encode(wire.Step(round=2, releases=["a"], reply=False))
+    both = wire.encode(wire.Step(round=3, releases=["a", "b", "gone"], reply=False))
+    assert svc.spec.tree_rids == set()
+    seen = []
+
+    def between():
+        seen.append(set(svc.spec.tree_rids))
+        if len(seen) == 2:
+            assert svc.answer_mid_tree(some) == (None, False, False)
+            assert svc.answer_mid_tree(both) == (None, False, True)
+            return True  # what serve()'s between returns for a moot tree
+        return False
+
+    svc.speculate(between)
+    assert seen[0] == {"a", "b"} and len(seen) == 2  # glue, then one tree step, then stopped
+    assert svc.spec.tree_rids == set()
+    assert svc.spec.last_tree_depth < k
