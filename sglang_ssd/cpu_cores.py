@@ -156,19 +156,21 @@ class ThreadChoice:
         self.counts = (len(split.all), len(split.target))
         self._seen: dict[tuple[int, int], int] = {}
 
-    def threads(self, batch_size: int, width: int) -> int:
+    def threads(self, batch_size: int, width: int) -> tuple[int, bool]:
+        """(threads, measuring): `measuring` True when the count is chosen to be measured, not
+        because it is the faster (the mode planner does not judge its mode by such a round)."""
         from sglang_ssd.round_costs import bucket_of
 
         key = (bucket_of(batch_size), width)
         n = self._seen[key] = self._seen.get(key, 0) + 1
-        for t, least in zip(self.counts, MIN_SAMPLES):
+        for i, (t, least) in enumerate(zip(self.counts, MIN_SAMPLES)):
             if self.costs.samples(batch_size, width, t) < least:
-                return t
+                return t, i > 0
         # the fastest recent forward of each count: cold forwards (a new batch shape's first, when
         # oneDNN makes its kernels) and interruptions only ever add time, so the minimum is the
         # forward's own cost (two cold forwards at 16 requests once made one thread look faster)
         timed = [(self.costs.fastest_measured(batch_size, width, t), t) for t in self.counts]
         best = min(timed)[1]
-        if len(self.counts) > 1 and n % EXPLORE_EVERY == 0:
-            return max(timed)[1]
-        return best
+        if n % EXPLORE_EVERY == 0:
+            return max(timed)[1], True
+        return best, False

@@ -168,12 +168,16 @@ class ModePlanner:
 
     def observe(self, mode: str, k: int, batch_size: int, accepted: list[int], verify_s: float,
                 round_s: float, wait_s: float = 0.0, tree_s: float = 0.0, tree_k: int = 0,
-                overrun_s: Optional[float] = None, jit_s: float = 0.0, threads: Optional[int] = None) -> None:
+                overrun_s: Optional[float] = None, jit_s: float = 0.0, threads: Optional[int] = None,
+                typical: bool = True) -> None:
         """One verified round: `accepted` draft tokens per request served in `mode` (plain rounds:
         zeros), the round's wall time, its verify (on `threads` torch threads; None: the speculating
         count) and its wait for the draft, of which `overrun_s` (default: all) waited for a tree
         rather than for the draft's first drafts of new requests; `jit_s` (0: unknown) the draft's
-        estimate of drafting this batch just in time."""
+        estimate of drafting this batch just in time. `typical` False: the round is not what its
+        mode costs in steady state (the first after a change of mode, when the draft is still
+        stopping a tree or catching up, or a forward on a thread count measured for the cost
+        model, not the one the mode runs on): its costs are recorded, its rate is not judged."""
         self.costs.observe(batch_size, (0 if mode == "plain" else k) + 1, verify_s, threads)
         if mode == "ssd" and tree_k >= 1:
             self.costs.observe_tree(batch_size, tree_k, tree_s)
@@ -181,7 +185,7 @@ class ModePlanner:
             self.depth.observe(k, batch_size, accepted, round_s)
         elif mode == "sync":
             self.depth.observe_acceptance(k, accepted)
-        if self.pinned is not None or batch_size < 1 or not accepted:
+        if self.pinned is not None or batch_size < 1 or not accepted or not typical:
             return
         b = self._bucket(batch_size)
         if mode != b.mode:  # served in another bucket's mode (the batch moved): not this bucket's

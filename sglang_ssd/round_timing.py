@@ -40,6 +40,7 @@ class RoundTiming:
         self._verifies: deque = deque(maxlen=RECENT_VERIFIES)
         self._tables = (-1, -1)  # the planners' versions last copied into the statistics
         self.rounds = 0  # decode rounds seen
+        self._last_mode: Optional[str] = None  # the previous round's (its first after a change is atypical)
 
     @property
     def verify_s(self) -> float:
@@ -55,18 +56,21 @@ class RoundTiming:
 
     def observe(self, mode: str, k: int, batch_size: int, accepted: list[int], unspeculated: list[bool],
                 hits: list[Optional[bool]], verify_s: float, round_s: float, wait_s: float,
-                tree: TreeTimes, threads: Optional[int] = None) -> None:
+                tree: TreeTimes, threads: Optional[int] = None, typical: bool = True) -> None:
         """One verified round: draft tokens `accepted` per request (those served without drafts,
         `unspeculated`, do not count toward speculating modes); `hits` says which requests looked
         up a pre-drafted speculation (None: none), so the wait was for a tree, not for the draft's
         first drafts of new requests; `threads` the torch threads of its target forward (None:
-        the speculating count)."""
+        the speculating count); `typical` False: not what its mode costs in steady state
+        (ModePlanner.observe)."""
         self.rounds += 1
         if self.rounds > COLD_ROUNDS:
             served = accepted if mode == "plain" else [a for a, p in zip(accepted, unspeculated) if not p]
             overrun = wait_s if any(h is not None for h in hits) else 0.0
             self.planner.observe(mode, k, batch_size, served, verify_s, round_s, wait_s, tree.tree_s,
-                                 tree.depth, overrun_s=overrun, jit_s=tree.jit_s, threads=threads)
+                                 tree.depth, overrun_s=overrun, jit_s=tree.jit_s, threads=threads,
+                                 typical=typical and mode == self._last_mode)
+        self._last_mode = mode
         depth = self.planner.depth
         self.stats.live_k = depth.k
         self.stats.live_mode = self.planner.mode

@@ -120,17 +120,20 @@ class SSDWorker(BaseSpecWorker):
         logger.info("SSD on CPU: %s", split.describe())
         return split
 
-    def _use_cores(self, mode: str, batch_size: int, width: int) -> Optional[int]:
-        """Threads and cores of this round's target forward: its own while the draft builds the
-        next tree (ssd), the count measured faster while the draft idles (plain, sync, prefill:
-        width 0). None when there is no split."""
+    def _use_cores(self, mode: str, batch_size: int, width: int) -> tuple[Optional[int], bool]:
+        """(threads, measuring) of this round's target forward: the target's own cores while the
+        draft builds the next tree (ssd), the count measured faster while the draft idles (plain,
+        sync; prefill, width 0: all); `measuring` when the count was chosen to be measured
+        (cpu_cores.ThreadChoice). None threads when there is no split."""
         if not self.cores.active:
-            return None
+            return None, False
         c = self.cores
-        n = len(c.target) if mode == "ssd" else self.thread_choice.threads(batch_size, width) if width else len(c.all)
+        n, measuring = len(c.target), False
+        if mode != "ssd":
+            n, measuring = self.thread_choice.threads(batch_size, width) if width else (len(c.all), False)
         self.threads.use(n, c.all if n > len(c.target) else c.target)
         self.stats.record_threads(mode, n)
-        return n
+        return n, measuring
 
     # ---- draft process ---------------------------------------------------------------------
     def _start_draft(self, server_args: ServerArgs, gpu_id: int) -> DraftClient:
@@ -219,7 +222,7 @@ class SSDWorker(BaseSpecWorker):
         talk = self.client is not None and batch.forward_mode.is_extend() and self.planner.mode != "plain"
         # With a core split the target prefills on every core and tells the draft afterwards (the
         # Begins below): a prefill on the draft's cores too is worth more than the draft's head start.
-        split = self._use_cores("prefill", len(batch.reqs), 0) is not None
+        split = self._use_cores("prefill", len(batch.reqs), 0)[0] is not None
         if talk and not split:  # the draft prefills these prompts and drafts their first speculations meanwhile
             warm = [warm_of(r, self.planner.mode == "ssd") for r in batch.reqs if r.rid not in self.synced]
             if warm:
@@ -407,7 +410,7 @@ class SSDWorker(BaseSpecWorker):
             self.stats.verify_graphs = self.verify_graphs.stats.as_dict()
         drafts, k, qs, hits, wait, tree = self._drafts(batch, mode, k)
         n = k + 1
-        threads = self._use_cores(mode, bs, n)
+        threads, measuring = self._use_cores(mode, bs, n)
 
         if k == 0 and not replays_graphs(self.model_runner):
             t0 = time.perf_counter()
@@ -455,7 +458,7 @@ class SSDWorker(BaseSpecWorker):
         self.stats.record_round(res.k, hits, wait, unspeculated, depth=k, mode=mode)
         if self.tp_rank == 0:
             self.timing.observe(mode, k, bs, res.k, unspeculated, hits, took, time.perf_counter() - t_round, wait,
-                                tree, threads)
+                                tree, threads, typical=not measuring)
         if self.metrics is not None:
             self.metrics.publish(self.stats)
         self.stats.round_s += time.perf_counter() - t_round

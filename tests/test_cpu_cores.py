@@ -55,28 +55,28 @@ def test_an_idle_draft_forward_measures_both_counts_then_keeps_the_faster():
     choice, costs = _choice()
     seq = []
     for _ in range(4):  # unmeasured counts first: all cores twice, then the target's own once
-        t = choice.threads(1, 1)
+        t, _ = choice.threads(1, 1)
         seq.append(t)
         costs.observe(1, 1, 0.10 if t == 2 else 0.06, t)  # one thread is faster here (as on an AVX2 box)
     assert seq == [2, 2, 1, 1]  # the fourth from the measurements
     picks = [choice.threads(1, 1) for _ in range(EXPLORE_EVERY)]
-    assert picks.count(1) == EXPLORE_EVERY - 1 and picks.count(2) == 1  # the slower re-measured now and then
+    assert picks.count((1, False)) == EXPLORE_EVERY - 1 and picks.count((2, True)) == 1  # the slower re-measured now and then
     # another width and another bucket are their own questions
-    assert choice.threads(1, 5) == 2 and choice.threads(8, 1) == 2
+    assert choice.threads(1, 5)[0] == 2 and choice.threads(8, 1)[0] == 2
     for _ in range(2):
         costs.observe(8, 1, 0.5, 2)
         costs.observe(8, 1, 0.9, 1)
-    assert choice.threads(8, 1) == 2  # at batch 8 both cores win
+    assert choice.threads(8, 1)[0] == 2  # at batch 8 both cores win
 
 
 def test_a_change_of_load_is_followed():
     choice, costs = _choice()
     for t, s in ((2, 0.1), (2, 0.1), (1, 0.2)):
         costs.observe(1, 1, s, t)
-    assert choice.threads(1, 1) == 2
+    assert choice.threads(1, 1)[0] == 2
     for _ in range(5):  # both cores got slow (another process took one): the median moves
         costs.observe(1, 1, 0.4, 2)
-    assert choice.threads(1, 1) == 1
+    assert choice.threads(1, 1)[0] == 1
 
 
 def test_costs_by_thread_count_feed_the_step_and_keep_the_verify_to_the_speculating_count():
@@ -155,10 +155,10 @@ def test_cold_forwards_do_not_decide_the_thread_count():
     two-thread forwards against one warm one-thread forward must not settle on one thread; the
     fastest recent forward of each count decides."""
     choice, costs = _choice()
-    assert choice.threads(16, 1) == 2
+    assert choice.threads(16, 1)[0] == 2
     costs.observe(16, 1, 1.9, 2)  # cold
-    assert choice.threads(16, 1) == 2
+    assert choice.threads(16, 1)[0] == 2
     costs.observe(16, 1, 0.35, 2)
-    assert choice.threads(16, 1) == 1
+    assert choice.threads(16, 1)[0] == 1
     costs.observe(16, 1, 0.62, 1)
-    assert choice.threads(16, 1) == 2
+    assert choice.threads(16, 1)[0] == 2

@@ -497,3 +497,26 @@ def test_a_thread_count_measured_at_one_size_is_predicted_by_its_ratio_to_anothe
     assert c.predict(10, 1, threads=2) == pytest.approx(line10 * 0.096 / line1, rel=1e-6)
     assert c.fastest(2, 5, others=True) == pytest.approx(c.predict(2, 5) * 0.096 / c.predict(1, 1), rel=0.05)
     assert c.predict(1, 1, threads=3) is None  # a count never measured
+
+
+def test_atypical_rounds_feed_the_costs_but_not_the_modes_rates():
+    """The first round after a change of mode (the draft still stopping its tree or catching up)
+    and a forward on a thread count chosen only to measure it are recorded in the cost model but
+    do not count toward their mode's rate; RoundTiming marks a round after a change so."""
+    from types import SimpleNamespace
+
+    from sglang_ssd.round_timing import COLD_ROUNDS, RoundTiming, TreeTimes
+
+    p = planner()
+    p.observe("plain", K, 1, [0], verify_s=0.4, round_s=0.4, threads=1, typical=False)
+    assert p.costs.measured(1, 1, 1) == pytest.approx(0.4) and "bs1-1" not in p.table()
+    stats = SimpleNamespace(verify_s=0.0, live_k=0, live_mode="", auto_k={}, modes={}, target_ms={})
+    t = RoundTiming(planner(), stats)
+    for _ in range(COLD_ROUNDS + 1):
+        t.observe("ssd", K, 1, [4], [False], [True], 0.3, 0.35, 0.0, TreeTimes(0.2, K, 0.1))
+    t.planner._bucket(1).mode = "plain"  # as a decision would have it
+    t.observe("plain", K, 1, [0], [False], [None], 0.9, 0.9, 0.0, TreeTimes())  # the switch's round
+    t.observe("plain", K, 1, [0], [False], [None], 0.1, 0.1, 0.0, TreeTimes())
+    plain = t.planner.table()["bs1-1"]["measured"]["plain"]
+    assert plain["rounds"] == 1 and plain["round_ms"] == pytest.approx(100.0)
+    assert t.planner.costs.measured(1, 1) == pytest.approx(0.5)  # both forwards in the cost model
