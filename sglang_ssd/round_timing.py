@@ -14,7 +14,10 @@ on them, a depth or a mode would be charged for the start-up.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import time
 from collections import deque
 from typing import NamedTuple, Optional
 
@@ -41,6 +44,8 @@ class RoundTiming:
         self._tables = (-1, -1)  # the planners' versions last copied into the statistics
         self.rounds = 0  # decode rounds seen
         self._last_mode: Optional[str] = None  # the previous round's (its first after a change is atypical)
+        path = os.environ.get("SGLANG_SSD_ROUND_LOG")  # one JSON line per decode round (diagnostics)
+        self._log = open(path, "a", buffering=1) if path else None
 
     @property
     def verify_s(self) -> float:
@@ -64,6 +69,12 @@ class RoundTiming:
         the speculating count); `typical` False: not what its mode costs in steady state
         (ModePlanner.observe)."""
         self.rounds += 1
+        if self._log is not None:
+            self._log.write(json.dumps({
+                "t": round(time.time(), 4), "mode": mode, "k": k, "bs": batch_size, "threads": threads,
+                "round_ms": round(1e3 * round_s, 2), "verify_ms": round(1e3 * verify_s, 2),
+                "wait_ms": round(1e3 * wait_s, 2), "tree_ms": round(1e3 * tree.tree_s, 2),
+                "accepted": list(accepted), "hits": hits, "typical": typical}) + "\n")
         if self.rounds > COLD_ROUNDS:
             served = accepted if mode == "plain" else [a for a, p in zip(accepted, unspeculated) if not p]
             overrun = wait_s if any(h is not None for h in hits) else 0.0
