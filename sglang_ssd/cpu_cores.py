@@ -174,3 +174,56 @@ class ThreadChoice:
         if n % EXPLORE_EVERY == 0:
             return max(timed)[1], True
         return best, False
+
+
+def split_for_server(server_args, cfg) -> CoreSplit:
+    """How a CPU server's target and its spawned CPU draft share the server's cores: the split
+    of --ssd-draft-cpus, or none (with the reason) where the draft is not this server's to pin."""
+    cores = server_cores()
+    why = None
+    if str(server_args.device) != "cpu":
+        why = "the target is not on the CPU"
+    elif (cfg.draft_device or "cpu") != "cpu" or cfg.draft_endpoint is not None:
+        why = "the draft does not run in this server's CPU process"
+    elif int(server_args.tp_size) > 1 or int(getattr(server_args, "dp_size", 1) or 1) > 1:
+        why = "tensor or data parallel ranks have their own cores (SGLANG_CPU_OMP_THREADS_BIND)"
+    if why is not None:
+        return CoreSplit(cores, cores, reason=why)
+    explicit = None if cfg.draft_cpus in ("auto", "off") else parse_cpu_list(cfg.draft_cpus)
+    return split_cores(cores, cfg.draft_threads or 1, explicit, enabled=cfg.draft_cpus != "off")
+
+
+class TargetCores:
+    """The target's side of a split, applied forward by forward in the scheduler process: its own
+    cores while the draft works (SSD rounds), the count ThreadChoice picks while the draft idles
+    (plain rounds, sync verifies), every core for prefills. Inactive without a split."""
+
+    def __init__(self, split: CoreSplit, costs):
+        self.split = split
+        self.threads = ProcessThreads()
+        self.choice: Optional[ThreadChoice] = None
+        if split.active:
+            costs.speculating = len(split.target)
+            self.choice = ThreadChoice(costs, split)
+            self.threads.use(len(split.target), split.target)
+
+    @property
+    def active(self) -> bool:
+        return self.split.active
+
+    def use(self, kind: str, batch_size: int, width: int) -> tuple[Optional[int], bool]:
+        """(threads, measuring) for a forward of `kind` (ssd, sync, plain; prefill: width 0);
+        `measuring` when the count was chosen to be measured. None threads without a split."""
+        s = self.split
+        if not s.active:
+            return None, False
+        n, measuring = len(s.target), False
+        if kind != "ssd":
+            n, measuring = self.choice.threads(batch_size, width) if width else (len(s.all), False)
+        self.threads.use(n, s.all if n > len(s.target) else s.target)
+        return n, measuring
+
+    def describe(self):
+        """For the statistics' config: the cores, or why there is no split."""
+        s = self.split
+        return dict(all=list(s.all), target=list(s.target), draft=list(s.draft)) if s.active else s.reason

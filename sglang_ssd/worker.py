@@ -30,7 +30,7 @@ from sglang_ssd import wire
 from sglang_ssd.auto_k import DepthController
 from sglang_ssd.backup import ngram_propose
 from sglang_ssd.config import choose_depth, get_config
-from sglang_ssd.cpu_cores import CoreSplit, ProcessThreads, ThreadChoice, parse_cpu_list, server_cores, split_cores
+from sglang_ssd.cpu_cores import TargetCores, split_for_server
 from sglang_ssd.draft_client import DraftClient
 from sglang_ssd.draft_launch import start_draft
 from sglang_ssd.fanout import resolve_fanout
@@ -86,13 +86,10 @@ class SSDWorker(BaseSpecWorker):
         self.client: Optional[DraftClient] = None
         self.metrics = None
         self.verify_graphs: Optional[VerifyGraphs] = None  # the target's captured verify graphs (init_cuda_graphs)
-        self.cores = self._split_cores(server_args)
-        self.threads = ProcessThreads()
-        self.thread_choice: Optional[ThreadChoice] = None
-        if self.cores.active:  # the target on its own cores while the draft works (cpu_cores.py)
-            self.planner.costs.speculating = len(self.cores.target)
-            self.thread_choice = ThreadChoice(self.planner.costs, self.cores)
-            self.threads.use(len(self.cores.target), self.cores.target)
+        split = split_for_server(server_args, self.cfg)  # CPU: target and draft on their own cores
+        if str(server_args.device) == "cpu":
+            logger.info("SSD on CPU: %s", split.describe())
+        self.cores = TargetCores(split, self.planner.costs)
         if self.tp_rank == 0:
             self.client = self._start_draft(server_args, gpu_id)
             self._generation = self.client.generation
@@ -102,44 +99,18 @@ class SSDWorker(BaseSpecWorker):
                 self.metrics = SSDMetrics({"model_name": str(server_args.served_model_name
                                                              or server_args.model_path)})
 
-    # ---- cores (CPU server) ----------------------------------------------------------------
-    def _split_cores(self, server_args: ServerArgs) -> CoreSplit:
-        """How target and a spawned CPU draft share this server's cores (cpu_cores.py)."""
-        cores, cfg = server_cores(), self.cfg
-        why = None
-        if str(server_args.device) != "cpu":
-            why = "the target is not on the CPU"
-        elif (cfg.draft_device or "cpu") != "cpu" or cfg.draft_endpoint is not None:
-            why = "the draft does not run in this server's CPU process"
-        elif int(server_args.tp_size) > 1 or int(getattr(server_args, "dp_size", 1) or 1) > 1:
-            why = "tensor or data parallel ranks have their own cores (SGLANG_CPU_OMP_THREADS_BIND)"
-        if why is not None:
-            return CoreSplit(cores, cores, reason=why)
-        explicit = None if cfg.draft_cpus in ("auto", "off") else parse_cpu_list(cfg.draft_cpus)
-        split = split_cores(cores, cfg.draft_threads or 1, explicit, enabled=cfg.draft_cpus != "off")
-        logger.info("SSD on CPU: %s", split.describe())
-        return split
-
-    def _use_cores(self, mode: str, batch_size: int, width: int) -> tuple[Optional[int], bool]:
-        """(threads, measuring) of this round's target forward: the target's own cores while the
-        draft builds the next tree (ssd), the count measured faster while the draft idles (plain,
-        sync; prefill, width 0: all); `measuring` when the count was chosen to be measured
-        (cpu_cores.ThreadChoice). None threads when there is no split."""
-        if not self.cores.active:
-            return None, False
-        c = self.cores
-        n, measuring = len(c.target), False
-        if mode != "ssd":
-            n, measuring = self.thread_choice.threads(batch_size, width) if width else (len(c.all), False)
-        self.threads.use(n, c.all if n > len(c.target) else c.target)
-        self.stats.record_threads(mode, n)
+    def _use_cores(self, kind: str, batch_size: int, width: int) -> tuple[Optional[int], bool]:
+        """(threads, measuring) of this forward on a split CPU server (cpu_cores.TargetCores)."""
+        n, measuring = self.cores.use(kind, batch_size, width)
+        if n is not None:
+            self.stats.record_threads(kind, n)
         return n, measuring
 
     # ---- draft process ---------------------------------------------------------------------
     def _start_draft(self, server_args: ServerArgs, gpu_id: int) -> DraftClient:
         cfg, depth = self.cfg, self.planner.depth
         client, endpoint = start_draft(server_args, cfg, self.k, self.fanout, self.vocab_size,
-                                       cpus=self.cores.draft if self.cores.active else None)
+                                       cpus=self.cores.split.draft if self.cores.active else None)
         ready = client.ready
         self.stats.draft_pid = ready.pid
         self.stats.config = dict(
@@ -149,8 +120,7 @@ class SSDWorker(BaseSpecWorker):
             draft_model=server_args.speculative_draft_model_path, draft_device=ready.device,
             draft_endpoint=endpoint or "spawned (private ipc)", draft_engine=cfg.draft_engine,
             draft_timeout_ms=cfg.draft_timeout * 1e3, curve=bool(cfg.curve_keys),
-            cores=dict(all=list(self.cores.all), target=list(self.cores.target), draft=list(self.cores.draft))
-            if self.cores.active else self.cores.reason)
+            cores=self.cores.describe())
         self.stats.fanout = list(ready.fanout)
         logger.info("SSD draft process %d ready on %s (K=%s, fan-out budget %d, mode %s)", ready.pid,
                     ready.device, f"auto 1..{self.k} from {depth.k}" if depth.auto else depth.k,

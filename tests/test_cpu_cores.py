@@ -162,3 +162,43 @@ def test_cold_forwards_do_not_decide_the_thread_count():
     assert choice.threads(16, 1)[0] == 1
     costs.observe(16, 1, 0.62, 1)
     assert choice.threads(16, 1)[0] == 2
+
+
+def test_a_server_splits_only_a_cpu_draft_it_spawns():
+    from types import SimpleNamespace
+
+    from sglang_ssd.config import SSDConfig
+    from sglang_ssd.cpu_cores import split_for_server
+
+    cpu = SimpleNamespace(device="cpu", tp_size=1, dp_size=1)
+    mine = sorted(os.sched_getaffinity(0))
+    s = split_for_server(cpu, SSDConfig())
+    assert s.active == (len(mine) > 1) and s.all == tuple(mine)
+    cases = [(SimpleNamespace(device="cuda", tp_size=1, dp_size=1), SSDConfig(), "not on the CPU"),
+             (cpu, SSDConfig(draft_device="cuda:0"), "does not run"),
+             (cpu, SSDConfig(draft_endpoint="tcp://127.0.0.1:5557"), "does not run"),
+             (SimpleNamespace(device="cpu", tp_size=2, dp_size=1), SSDConfig(), "tensor or data parallel"),
+             (cpu, SSDConfig(draft_cpus="off"), "off")]
+    for args, cfg, why in cases:
+        s = split_for_server(args, cfg)
+        assert not s.active and why in s.reason and s.target == s.all
+
+
+def test_target_cores_apply_the_split_per_kind_of_forward(monkeypatch):
+    """SSD rounds on the target's own cores, prefills on all, plain rounds as ThreadChoice says;
+    without a split nothing is touched."""
+    from sglang_ssd import cpu_cores
+    from sglang_ssd.cpu_cores import TargetCores
+
+    applied = []
+    monkeypatch.setattr(cpu_cores.ProcessThreads, "use", lambda self, n, cpus: applied.append((n, cpus)))
+    costs = RoundCosts()
+    cores = TargetCores(split_cores([0, 1, 2, 3], 1), costs)
+    assert costs.speculating == 3 and applied == [(3, (0, 1, 2))]
+    assert cores.use("ssd", 4, 5) == (3, False) and applied[-1] == (3, (0, 1, 2))
+    assert cores.use("prefill", 4, 0) == (4, False) and applied[-1] == (4, (0, 1, 2, 3))
+    assert cores.use("plain", 4, 1) == (4, False)  # all cores measured first
+    assert cores.describe() == {"all": [0, 1, 2, 3], "target": [0, 1, 2], "draft": [3]}
+    applied.clear()
+    off = TargetCores(split_cores([0, 1], 1, enabled=False), RoundCosts())
+    assert off.use("plain", 1, 1) == (None, False) and applied == [] and "off" in off.describe()

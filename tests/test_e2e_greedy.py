@@ -7,6 +7,7 @@ copy (partial acceptance), an unrelated random model (misses).
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -316,3 +317,21 @@ def test_draft_prefix_cache_through_the_server(servers, prompts, hf_target):
     # and drafted the first speculation after its likeliest first tokens (the target's own here)
     assert after["draft_first_predrafted"] - before["draft_first_predrafted"] == 1
     assert out["output_ids"] == hf_greedy(hf_target, base + extra, 12)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a core split needs 2 cores")
+def test_the_draft_runs_on_its_own_core_and_the_target_borrows_it_to_prefill(servers, prompts, reference):
+    """An SSD server with the default --ssd-draft-cpus auto: the draft process may run only on the
+    last core, SSD rounds run on the target's cores and every prefill on all of them, and outputs
+    are the target's own (checked for this server by the greedy tests above too)."""
+    srv = ssd(servers, "draft_perturbed")
+    i = 5
+    assert srv.generate(prompts[i], {"temperature": 0, "max_new_tokens": MAX_NEW[i], "ignore_eos": True})["output_ids"] == reference[i]
+    st = srv.ssd_stats()
+    cores = st["config"]["cores"]
+    mine = sorted(os.sched_getaffinity(0))
+    assert cores == {"all": mine, "target": mine[:-1], "draft": mine[-1:]}
+    allowed = open(f"/proc/{st['draft_pid']}/status").read().split("Cpus_allowed_list:")[1].split()[0]
+    assert allowed == str(mine[-1])
+    threads = st["target_threads"]
+    assert set(threads["ssd"]) == {str(len(mine) - 1)} and set(threads["prefill"]) == {str(len(mine))}

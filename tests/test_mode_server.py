@@ -52,13 +52,14 @@ def test_a_draft_that_never_agrees_settles_into_plain_rounds(server, hf_target):
     assert row["measured"]["plain"]["tok_per_s"] > row["measured"]["ssd"]["tok_per_s"]
     assert st["pauses"] >= 1
     # A seeded sampled request served by plain rounds draws exactly what it drew while speculated
-    # (a probe of SSD, 4 rounds, may fall inside it: the random draft shares the seeded noise and
-    # is accepted now and then there).
+    # (a probe of SSD, 4 judged rounds after the switch's own, unjudged one, may fall inside it: the
+    # random draft shares the seeded noise and is accepted now and then there).
     again = server.generate(PROMPTS[2], seeded)
     assert again["output_ids"] == first == hf_seeded(hf_target, PROMPTS[2], 40, seeded)
     rounds = again["meta_info"]["ssd_accepted"]
-    assert sum(k > 0 for k in rounds) <= EVERY // 2
-    assert server.ssd_stats()["mode_steps"]["plain"] >= st["mode_steps"]["plain"] + len(rounds) - EVERY // 2
+    probe = EVERY // 2 + 1
+    assert sum(k > 0 for k in rounds) <= probe
+    assert server.ssd_stats()["mode_steps"]["plain"] >= st["mode_steps"]["plain"] + len(rounds) - probe
 
 
 def test_probes_resync_the_paused_draft_exactly(server, hf_target):
