@@ -17,7 +17,9 @@ shallower tree, measured or predicted, serves fewer tokens per second (its round
 for the tree, but it proposes fewer tokens: on the real pair on a CPU, a K=4 tree overrunning a
 248 ms verify by 20 ms still served 18 tokens/s against K=3's 16). A neighbour not measured
 recently is visited when predicted better (or, when no neighbour is measured, when predicted
-close): E = G, V and T extrapolated by the cost model from the depths measured (linear; with one
+close). A bucket's first FAST_DECISIONS decisions come every `every` // 4 rounds: a request of a
+few dozen tokens lasts about a dozen rounds, and a depth found only after 32 would serve none of
+them: E = G, V and T extrapolated by the cost model from the depths measured (linear; with one
 depth the tree grows in proportion to K and the verify stays flat).
 Measurements age out after MAX_AGE decisions, so a verdict is revisited when the load or the text
 changes. Each bucket keeps its own K: a server that alternates between light and heavy load
@@ -38,6 +40,7 @@ DECAY = 0.99  # per round, for the acceptance estimate
 MAX_AGE = 16  # decisions after which a depth's measurements are no longer trusted
 MARGIN = 0.03  # a move must promise this much more throughput
 EXPLORE = 0.85  # with no neighbour measured, visit one predicted to reach this share of the rate
+FAST_DECISIONS = 3  # a bucket's first decisions, each after a quarter of `every` rounds
 N0 = 64.0  # request-rounds the geometric law is worth against a visit's measured tokens per round
 
 
@@ -70,6 +73,7 @@ class _Bucket:
     size: int  # the bucket's smallest batch size (the cost model's key for it)
     visits: dict = field(default_factory=dict)  # K -> _Visit
     rounds: int = 0  # rounds at `k` since the last decision
+    decisions: int = 0
 
 
 def expected_tokens(a: float, k: int) -> float:
@@ -154,10 +158,15 @@ class DepthController:
         v.tokens += sum(min(j, k) + 1 for j in accepted)
         v.round_s += round_s
         b.rounds += 1
-        if b.rounds >= self.every:
+        if b.rounds >= self._period(b):
             b.rounds = 0
+            b.decisions += 1
             self._decide(b)
         return self.k
+
+    def _period(self, b: _Bucket) -> int:
+        """Rounds between decisions: a quarter of `every` while the bucket is new."""
+        return max(1, self.every // 4) if b.decisions < FAST_DECISIONS else self.every
 
     def _predict(self, b: _Bucket, k: int) -> Optional[tuple[float, bool, bool]]:
         """(tokens per second, whether the tree fits, whether measured) at depth k."""

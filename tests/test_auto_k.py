@@ -285,3 +285,15 @@ def test_restricted_depths_are_the_only_ones_visited():
     assert set(_run(pinned, lambda k, b: 0.010, lambda k, b: 0.03 * k, a=0.5, rounds=200)) == {8}
     with pytest.raises(ValueError, match="no depth"):
         DepthController(4, 8, auto=True).restrict([0, 9])
+
+
+def test_a_new_bucket_moves_within_a_quarter_of_the_period():
+    """Requests of a few dozen tokens last about a dozen rounds: a new bucket's first decisions
+    come every `every` // 4 rounds (8 of 32), so with acceptance 0.95 and a tree far inside a
+    flat verify K leaves 4 at round 8 and is deeper again at round 16; later decisions keep the
+    full period."""
+    ctl = DepthController(4, 8, auto=True, every=32)
+    ks = _run(ctl, lambda k, b: 0.020, lambda k, b: 0.001 * k, a=0.95, rounds=17)
+    assert ks[:8] == [4] * 8 and ks[8] == 5 and ks[16] == 6, ks
+    ks = _run(ctl, lambda k, b: 0.020, lambda k, b: 0.001 * k, a=0.95, rounds=80)
+    assert max(ks) == 8 and ks[-1] >= 7
