@@ -19,7 +19,8 @@ for the tree, but it proposes fewer tokens: on the real pair on a CPU, a K=4 tre
 recently is visited when predicted better (or, when no neighbour is measured, when predicted
 close). A bucket's first FAST_DECISIONS decisions come every `every` // 4 rounds: a request of a
 few dozen tokens lasts about a dozen rounds, and a depth found only after 32 would serve none of
-them: E = G, V and T extrapolated by the cost model from the depths measured (linear; with one
+them; those early decisions only move K up (a young bucket's trees still carry the draft's
+warm-up), a step down waits for a full period: E = G, V and T extrapolated by the cost model from the depths measured (linear; with one
 depth the tree grows in proportion to K and the verify stays flat).
 Measurements age out after MAX_AGE decisions, so a verdict is revisited when the load or the text
 changes. Each bucket keeps its own K: a server that alternates between light and heavy load
@@ -207,6 +208,10 @@ class DepthController:
                 best = max(better)[1]
             elif worth:  # nothing measured around: learn how the verify grows with K
                 best = max(worth)[1]
+        if best < b.k and b.decisions <= FAST_DECISIONS:
+            best = b.k  # an early decision only explores upward: a young bucket's trees still
+            # carry the draft's warm-up (on the real pair the first K=4 trees overran by 0-60 ms
+            # and fitted later), so a step down waits for a full period's evidence
         if best != b.k:
             self.moves += 1
             b.visits[b.k].age = max(b.visits[b.k].age, 1)  # the visit is over

@@ -95,7 +95,7 @@ def test_compute_bound_verify_with_low_acceptance_prefers_short_k():
     of its slope, so K=5 (predicted as good) is measured first, then the fitted slope walks K down."""
     ctl = DepthController(4, 8, auto=True, every=32)
     ks = _run(ctl, lambda k, b: 0.010 + 0.004 * k, lambda k, b: 0.001 * k, a=0.3, rounds=1500)
-    assert ks[-1] == 1 and _share(ks[-500:], 1) > 0.85 and max(ks) == 5
+    assert _share(ks[-100:], 1) > 0.85 and _share(ks[-500:], 1) > 0.85 and max(ks) == 5  # 2 re-measured now and then
 
 
 def test_high_acceptance_and_cheap_tree_reach_the_maximum():
@@ -297,3 +297,7 @@ def test_a_new_bucket_moves_within_a_quarter_of_the_period():
     assert ks[:8] == [4] * 8 and ks[8] == 5 and ks[16] == 6, ks
     ks = _run(ctl, lambda k, b: 0.020, lambda k, b: 0.001 * k, a=0.95, rounds=80)
     assert max(ks) == 8 and ks[-1] >= 7
+    # a tree that overruns (4.5 ms per level against 10 ms) sends K down only after a full period
+    ctl = DepthController(4, 8, auto=True, every=32)
+    ks = _run(ctl, lambda k, b: 0.010, lambda k, b: 0.0045 * k, a=0.9, rounds=80)
+    assert set(ks[:56]) == {4} and ks[-1] == 3, ks
