@@ -309,6 +309,24 @@ def test_a_plain_win_over_a_few_cold_ssd_rounds_is_checked_again_soon():
     assert back <= FIRST_WINDOW + 12 + 2 * EVERY and seen[-100:].count("ssd") >= 95
 
 
+def test_a_first_probe_inside_the_noise_of_a_few_cold_rounds_goes_back_to_measure_home():
+    """The real pair's first SSD rounds (a garbage warm-up prompt, then a request's first drafts)
+    served 1 and 5 tokens in turn at 3.3 s a round here: 0.91 tokens/s in the mean, +-0.35 of
+    noise, against a steady plain probe at ~1.0. The probe's lead is inside home's own noise, which
+    a longer probe cannot reduce: home (SSD, truly 3.5x plain) is measured afresh and kept, so the
+    bucket pays the 3-round probe only (it used to extend the probe and keep plain for 18 rounds)."""
+    from sglang_ssd.mode_planner import PLAIN_PROBE
+
+    p, w = planner(), World(STRONG)
+    for tokens in (1, 5, 5, 1)[:FIRST_WINDOW]:
+        assert p.plan(1) == ("ssd", K)
+        p.observe("ssd", K, 1, [tokens - 1], verify_s=1.2, round_s=3.3, wait_s=2.0, tree_s=1.1, tree_k=K,
+                  overrun_s=0.0)  # waits for first drafts, not for a tree
+    seen = [w.round(p) for _ in range(60)]
+    assert seen[:PLAIN_PROBE] == ["plain"] * PLAIN_PROBE and seen.count("plain") == PLAIN_PROBE, seen
+    assert p.table()["bs1-1"]["mode"] == "ssd"
+
+
 def test_one_round_cost_model_is_fed_once_and_read_by_mode_and_depth():
     """The mode planner records each round's target forward and tree in the one RoundCosts;
     automatic K reads its verify and tree by K from there (extrapolated for a depth never
