@@ -58,6 +58,9 @@ DEFAULTS = {
     "qwen-coder": dict(prompts=1, max_new_tokens=32, sd_steps="3,5", tune_tokens=32, budget="60 minutes"),
     "smollm2": dict(prompts=2, max_new_tokens=128, sd_steps="2,3,4,5,6", tune_tokens=64, budget="25 minutes"),
 }
+# The servers' warm-up request: real text, in no prompt set (a server that learns from its rounds,
+# SSD's mode planner, should start from traffic like a user's, not from ids its draft never predicts)
+WARMUP_PROMPT = "Say hello in one short sentence."
 QUICK = dict(prompts=1, max_new_tokens=16, temperatures="0", sets="humaneval", budget="a smoke run")
 PROTOCOL_TEXT = {
     "pinned": "Protocol pinned (the paper's): every process of the target server on core 0 (STANDALONE's "
@@ -161,6 +164,7 @@ def main() -> None:
     servers.MIN_FREE_GB = pair.min_free_gb
     servers.SSD_EXTRA[:] = shlex.split(args.ssd_args)
     tok = AutoTokenizer.from_pretrained(str(target))
+    warmup = prompt_sets.encode(tok, WARMUP_PROMPT)  # the same real text for every mode (servers.start_checked)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     temps = [float(t) for t in args.temperatures.split(",")]
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -213,7 +217,8 @@ def main() -> None:
         for mode in run_modes:
             if proto == "shared" and "pinned" in protocols and mode not in args.shared_modes.split(","):
                 continue
-            start = lambda n, mode=mode: servers.start_checked(target, draft, mode, n, pinned, logdir)  # noqa: E731
+            start = lambda n, mode=mode: servers.start_checked(target, draft, mode, n, pinned, logdir,  # noqa: E731
+                                                               warmup)
             try:
                 run = None
                 if mode in ("sd", "ssd") and proto == protocols[0]:

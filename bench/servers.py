@@ -179,15 +179,22 @@ def wait_for_memory(min_gb: float, timeout_s: float = 900.0) -> None:
         time.sleep(5)
 
 
-def start_checked(target, draft, mode, n, pinned, logdir) -> Run:
-    """A started server that has served an 8-token greedy request (the warm-up); ModeFailed otherwise."""
+WARMUP_IDS = [1, 2, 3, 4, 5, 6, 7, 8]  # any tokenizer's ids; compare.py passes a real prompt's
+
+
+def start_checked(target, draft, mode, n, pinned, logdir, warmup_ids=None) -> Run:
+    """A started server that has served an 8-token greedy request (the warm-up); ModeFailed otherwise.
+    `warmup_ids`: the warm-up prompt (default: ids 1-8). A real prompt is the fairer one for SSD:
+    its mode planner learns from every round, and text whose drafts the target never accepts
+    (ids 1-8) taught it that speculation loses, which cost the first measured request 7 plain
+    rounds; every mode gets the same warm-up."""
     try:
         run = Run(target, draft, mode, n, pinned, logdir)
     except Exception as e:
         proto = "pinned" if pinned else "shared"
         raise ModeFailed(f"server did not start ({e}): {_tail(logdir / f'{mode}-{n}-{proto}.log')}")
     try:
-        out = run.generate([1, 2, 3, 4, 5, 6, 7, 8], 0.0, 8)
+        out = run.generate(list(warmup_ids or WARMUP_IDS), 0.0, 8)
         if out["tokens"] != 8:
             raise ModeFailed(f"the warm-up request returned {out['tokens']} tokens instead of 8")
         run.pin_draft()
