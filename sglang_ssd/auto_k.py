@@ -17,11 +17,11 @@ shallower tree, measured or predicted, serves fewer tokens per second (its round
 for the tree, but it proposes fewer tokens: on the real pair on a CPU, a K=4 tree overrunning a
 248 ms verify by 20 ms still served 18 tokens/s against K=3's 16). A neighbour not measured
 recently is visited when predicted better (or, when no neighbour is measured, when predicted
-close). A bucket's first FAST_DECISIONS decisions come every `every` // 4 rounds: a request of a
-few dozen tokens lasts about a dozen rounds, and a depth found only after 32 would serve none of
-them; those early decisions only move K up (a young bucket's trees still carry the draft's
-warm-up), a step down waits for a full period: E = G, V and T extrapolated by the cost model from the depths measured (linear; with one
-depth the tree grows in proportion to K and the verify stays flat).
+close): E = G, V and T extrapolated by the cost model from the depths measured (linear; with one
+depth the tree grows in proportion to K and the verify stays flat). A bucket's first FAST_DECISIONS
+decisions come every `every` // 4 rounds: a request of a few dozen tokens lasts about a dozen
+rounds, and a depth found only after 32 would serve none of them; those early decisions only move
+K up (a young bucket's trees still carry the draft's warm-up), a step down waits for a full period.
 Measurements age out after MAX_AGE decisions, so a verdict is revisited when the load or the text
 changes. Each bucket keeps its own K: a server that alternates between light and heavy load
 switches at once.

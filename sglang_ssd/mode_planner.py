@@ -125,7 +125,6 @@ class _Bucket:
     probes: int = 0
     decisions: int = 0
     extended: int = 0  # times the probe in progress was extended (ahead, not yet clearly)
-    remeasure: bool = False  # home is measured afresh after the first probe (for probe_rounds)
 
 
 def significantly_better(a: _Meter, b: _Meter, sigmas: float = SIGMAS) -> bool:
@@ -207,15 +206,12 @@ class ModePlanner:
         """Rounds in the bucket's mode before its next decision."""
         if b.probing is not None:
             return PLAIN_PROBE if b.mode == "plain" else self.probe_rounds
-        if b.remeasure:
-            return self.probe_rounds
         return min(FIRST_WINDOW, self.every) if b.decisions == 0 else self.every
 
     # ---- decisions -------------------------------------------------------------------------
     def _decide(self, b: _Bucket) -> None:
         self.version += 1
         here = b.meters[b.mode]
-        b.remeasure = False
         for mode, m in b.meters.items():
             if mode != b.mode:
                 m.age += 1
@@ -237,13 +233,14 @@ class ModePlanner:
                 # the bucket's first probe leads a home seen for its first few rounds by less than
                 # home's own noise (a warm-up prompt, first drafts: on the real pair 4 such SSD
                 # rounds at 1.2-9.7 tokens/s made 18 plain rounds of a request SSD then served at
-                # 1.8x): a longer probe cannot settle that, so home is measured afresh for a
-                # probe's length; the probe's rate stays fresh and its mode is not backed off
+                # 1.8x): a longer probe cannot settle that, so home is measured afresh, as after a
+                # win over a brief home (the next decision after FIRST_WINDOW rounds); the probe's
+                # rate stays fresh and its mode is not backed off
                 b.extended = 0
                 b.probing = None
-                b.remeasure = True
                 back.age = MAX_AGE + 1  # home's brief visit is replaced by the one that starts now
                 b.next_probe[b.mode] = 1
+                b.decisions = 0
                 self._enter(b, home)
             elif here.rate > back.rate and b.extended < MAX_EXTEND:
                 b.extended += 1  # ahead, but within the noise of a short visit: measure on
