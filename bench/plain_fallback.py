@@ -12,6 +12,9 @@ serves plain rounds. One server at a time, pinned (target core 0, SSD's draft co
 request long enough for the planner to settle (its rounds before the first plain round are
 reported), then at each concurrency level `--requests` requests of `--max-new-tokens` greedy tokens;
 throughput = tokens / wall time. Target: SSD >= 0.95x plain at every level (issue 16).
+`--protocol equal` (the headline, issue 22): SSD gets cores 0 and 1 (its draft pins itself to the
+last, and the target borrows it while the draft idles, as in plain rounds), plain decoding runs on
+core 0 and on cores 0-1, and each level compares SSD with the better of the two.
 """
 
 from __future__ import annotations
@@ -108,6 +111,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, help="requests per level (tiny 8, qwen-coder 2)")
     ap.add_argument("--max-new-tokens", type=int, help="per request (tiny 256, qwen-coder 48)")
     ap.add_argument("--warmup-tokens", type=int, help="the settling request (tiny 256, qwen-coder 48)")
+    ap.add_argument("--protocol", default="pinned", choices=["pinned", "equal"],
+                    help="pinned: every server on core 0 (SSD's draft on core 1); equal: SSD on cores 0-1, "
+                    "plain decoding at the better of core 0 and cores 0-1")
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "plain_fallback.json")
     args = ap.parse_args()
     tiny = args.pair == "tiny"
@@ -119,12 +125,14 @@ def main() -> None:
     logdir = BENCH / "results" / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
     results = {}
-    for mode in ("plain", "ssd"):
-        extra = [] if mode == "plain" else ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
-                                            str(draft), "--ssd-draft-threads", "1"]
-        with CPUServer(target, base + extra, log_path=str(logdir / f"plain_fallback-{mode}.log"), cpus={0},
+    equal = args.protocol == "equal"
+    runs = [("plain", {0}), ("plain2", {0, 1}), ("ssd", {0, 1})] if equal else [("plain", {0}), ("ssd", {0})]
+    for mode, cpus in runs:
+        extra = [] if mode.startswith("plain") else ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
+                                                     str(draft), "--ssd-draft-threads", "1"]
+        with CPUServer(target, base + extra, log_path=str(logdir / f"plain_fallback-{mode}.log"), cpus=cpus,
                        startup_timeout=900) as srv:
-            if mode == "ssd":
+            if mode == "ssd" and not equal:  # (equal: the server pins its draft to its last core itself)
                 pin_threads(srv.ssd_stats()["draft_pid"], {1})
             t0 = time.perf_counter()
             w = srv.generate(prompt, {"temperature": 0, "max_new_tokens": warm, "ignore_eos": True})
@@ -142,24 +150,31 @@ def main() -> None:
                                      for m in st["mode_steps"]}
                 row["modes"] = st["modes"]
         results[mode] = row
-    same = all(results["ssd"]["levels"][c]["outputs"] == results["plain"]["levels"][c]["outputs"] for c in levels)
+    plains = [m for m, _ in runs if m.startswith("plain")]
+    same = all(results["ssd"]["levels"][c]["outputs"] == results[m]["levels"][c]["outputs"]
+               for c in levels for m in plains)
     from sglang_ssd.kernels import cpu_caps
 
-    print(f"# SSD with a random draft ({args.draft_shape}) vs plain decoding, pair {args.pair}, pinned, CPU "
-          f"{cpu_caps.caps().label}; greedy outputs identical: {same}")
+    print(f"# SSD with a random draft ({args.draft_shape}) vs plain decoding, pair {args.pair}, {args.protocol} "
+          f"protocol, CPU {cpu_caps.caps().label}; greedy outputs identical: {same}")
     print(f"warm-up: {results['ssd']['warmup_tokens']} tokens, decode steps per mode {results['ssd']['warmup_mode_steps']}, "
           f"settled into {results['ssd']['settled_mode']!r}")
-    print("| concurrency | plain tok/s | SSD tok/s | SSD/plain |")
-    print("|---|---|---|---|")
+    if equal:
+        print("| concurrency | plain, core 0 | plain, cores 0-1 | SSD, cores 0-1 | SSD/best plain |")
+        print("|---|---|---|---|---|")
+    else:
+        print("| concurrency | plain tok/s | SSD tok/s | SSD/plain |")
+        print("|---|---|---|---|")
     for c in levels:
-        p, s = results["plain"]["levels"][c]["tok_s"], results["ssd"]["levels"][c]["tok_s"]
-        print(f"| {c} | {p:.2f} | {s:.2f} | {s / p:.3f} |")
+        ps = [results[m]["levels"][c]["tok_s"] for m in plains]
+        s = results["ssd"]["levels"][c]["tok_s"]
+        print(f"| {c} | " + " | ".join(f"{p:.2f}" for p in ps) + f" | {s:.2f} | {s / max(ps):.3f} |")
     print(f"SSD decode steps per mode while measured: {results['ssd']['mode_steps']}")
     for r in results.values():
         for lv in r["levels"].values():
             lv.pop("outputs")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"pair": args.pair, "identical": same, "results": results,
+    args.out.write_text(json.dumps({"pair": args.pair, "protocol": args.protocol, "identical": same, "results": results,
                                     "machine": os.uname().nodename, "cpus": os.cpu_count(),
                                     "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1, default=str))
     print(f"wrote {args.out}")

@@ -166,6 +166,14 @@ class ModePlanner:
             self.mode = self._bucket(batch_size).mode
         return self.mode, (0 if self.mode == "plain" else self.depth.k)
 
+    def mode_for(self, batch_size: int) -> str:
+        """The mode a round of `batch_size` requests would be served in now (plan() without making
+        it the current one): the worker asks it for the batch that new requests join, so that a
+        draft is not made to prefill prompts its requests' plain rounds will never draft for."""
+        if self.pinned is not None or batch_size < 1:
+            return self.mode
+        return self._bucket(batch_size).mode
+
     def observe(self, mode: str, k: int, batch_size: int, accepted: list[int], verify_s: float,
                 round_s: float, wait_s: float = 0.0, tree_s: float = 0.0, tree_k: int = 0,
                 overrun_s: Optional[float] = None, jit_s: float = 0.0, threads: Optional[int] = None,

@@ -87,9 +87,10 @@ def extrapolate(points: list[tuple[int, float]], x: int, proportional: bool) -> 
 
 
 class RoundCosts:
-    def __init__(self, recent: int = RECENT, speculating: int = 0):
+    def __init__(self, recent: int = RECENT, speculating: int = 0, counts: tuple = ()):
         self.recent = recent
         self.speculating = speculating  # torch threads of speculated rounds' verifies (0: one count)
+        self.counts = tuple(counts)  # every thread count a target forward may run on (() : one)
         self._target: dict[int, _Series] = {}  # threads -> (bucket, width) -> target forward seconds
         self._raw: dict[int, deque] = {}  # threads -> latest (batch size x width, seconds)
         self._tree = _Series(recent)  # (bucket, K) -> draft tree seconds
@@ -188,9 +189,16 @@ class RoundCosts:
         return min(preds) if preds else None
 
     def step_predicted(self, batch_size: int) -> Optional[float]:
-        """step(), else the fastest thread count's predict() of a decode step."""
+        """step(), else the fastest thread count's predict() of a decode step; None while a thread
+        count a plain step may run on (`counts`) has never been measured at all: it may be the
+        fastest (on the 2-core EPYC a decode step on both cores costs 0.5x the one core's that SSD
+        rounds measure), so the planner probes plain rather than judge it by the slower count."""
         got = self.step(batch_size)
-        return got if got is not None else self.fastest(batch_size, 1)
+        if got is not None:
+            return got
+        if any(t not in self._raw for t in self.counts):
+            return None
+        return self.fastest(batch_size, 1)
 
     def step(self, batch_size: int) -> Optional[float]:
         """A plain decode step (one token per request) at the fastest thread count measured, or

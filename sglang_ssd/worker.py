@@ -78,6 +78,8 @@ class SSDWorker(BaseSpecWorker):
         self.fanout = resolve_fanout(self.k, fixed, budget, self.vocab_size)
         self.synced: dict[str, tuple[int, int]] = {}  # rid -> outcome of its last round
         self.refused: set[str] = set()  # rids the draft refused: served without it from then on
+        self._decoding = self._joining = 0  # requests in the batch new ones join: going on after the
+        # last decode round, and prefilled since (ModePlanner.mode_for: whether to tell the draft)
         self.deferred: dict[str, tuple[int, str]] = {}  # rid -> (round to begin it again, reason): a retryable refusal's plain rounds
         self.round = 0
         self._generation = 0  # draft process generation the synced states belong to
@@ -188,17 +190,22 @@ class SSDWorker(BaseSpecWorker):
         return self._prefill(batch, on_publish, pp_proxy_tensors)
 
     def _prefill(self, batch, on_publish, pp_proxy_tensors) -> GenerationBatchResult:
-        # A paused draft (plain rounds) is told nothing; the first speculated round resyncs it.
-        talk = self.client is not None and batch.forward_mode.is_extend() and self.planner.mode != "plain"
+        # A paused draft (plain rounds) is told nothing; the first speculated round resyncs it. The
+        # mode is the one of the batch these requests join (the last decode round's plus every
+        # request prefilled since): 16 requests joining a plain batch had the draft prefill 16
+        # prompts on its core while the target's plain steps wanted that core.
+        self._joining += len(batch.reqs)
+        mode = self.planner.mode_for(self._decoding + self._joining)
+        talk = self.client is not None and batch.forward_mode.is_extend() and mode != "plain"
         # With a core split the target prefills on every core and tells the draft afterwards (the
         # Begins below): a prefill on the draft's cores too is worth more than the draft's head start.
         split = self._use_cores("prefill", len(batch.reqs), 0)[0] is not None
         if talk and not split:  # the draft prefills these prompts and drafts their first speculations meanwhile
-            warm = [warm_of(r, self.planner.mode == "ssd") for r in batch.reqs if r.rid not in self.synced]
+            warm = [warm_of(r, mode == "ssd") for r in batch.reqs if r.rid not in self.synced]
             if warm:
                 self.round += 1
                 self._send(wire.Step(round=self.round, warm=warm, reply=False, depth=self.planner.k,
-                                     predraft=self.planner.mode == "ssd"))
+                                     predraft=mode == "ssd"))
         seeded = [i for i, r in enumerate(batch.reqs) if seeded_first_token(r)]
         batch._ssd_seeded_rows = seeded  # patches/seeded_first_token.py keeps their logits
         result = self.target_worker.forward_batch_generation(batch, pp_proxy_tensors=pp_proxy_tensors)
@@ -219,7 +226,7 @@ class SSDWorker(BaseSpecWorker):
             if begins:
                 self.round += 1
                 self._send(wire.Step(round=self.round, begins=begins, reply=False, depth=self.planner.k,
-                                     predraft=self.planner.mode == "ssd"))
+                                     predraft=mode == "ssd"))
         new_seq_lens = batch.seq_lens.clone()
         accept_tokens = torch.zeros(bs, self.n, dtype=torch.int32, device=self.device)
         if bs:
@@ -421,6 +428,9 @@ class SSDWorker(BaseSpecWorker):
 
         accept_lens = res.accept_len.to(self.device)
         new_seq_lens = batch.seq_lens + accept_lens
+        self._joining = 0  # the requests that go on past this round (by their length limit) are
+        self._decoding = sum(len(r.output_ids) + a < (r.sampling_params.max_new_tokens or 1 << 30)
+                             for r, a in zip(batch.reqs, res.accept_len.tolist()))  # the batch new ones join
         for req, kk, ts in zip(batch.reqs, res.k, res.t_star):
             if req.rid in self.synced or self.tp_rank != 0:
                 self.synced[req.rid] = (kk, ts)

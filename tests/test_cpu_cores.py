@@ -59,8 +59,10 @@ def test_an_idle_draft_forward_measures_both_counts_then_keeps_the_faster():
         seq.append(t)
         costs.observe(1, 1, 0.10 if t == 2 else 0.06, t)  # one thread is faster here (as on an AVX2 box)
     assert seq == [2, 2, 1, 1]  # the fourth from the measurements
-    picks = [choice.threads(1, 1) for _ in range(EXPLORE_EVERY)]
-    assert picks.count((1, False)) == EXPLORE_EVERY - 1 and picks.count((2, True)) == 1  # the slower re-measured now and then
+    picks = [choice.threads(1, 1) for _ in range(EXPLORE_EVERY)]  # forwards 5 to 68 at this point
+    explored = [i + 5 for i, p in enumerate(picks) if p == (2, True)]
+    assert explored == [8, 16, 32, 64]  # the slower re-measured at doubling intervals, then every EXPLORE_EVERY
+    assert all(p == (1, False) for p in picks if p != (2, True))
     # another width and another bucket are their own questions
     assert choice.threads(1, 5)[0] == 2 and choice.threads(8, 1)[0] == 2
     for _ in range(2):
@@ -162,6 +164,19 @@ def test_cold_forwards_do_not_decide_the_thread_count():
     assert choice.threads(16, 1)[0] == 1
     costs.observe(16, 1, 0.62, 1)
     assert choice.threads(16, 1)[0] == 2
+
+
+def test_a_count_first_measured_while_the_draft_worked_is_measured_again_soon():
+    """16 requests' first plain steps on both cores ran while the draft prefilled their prompts on
+    its core (813 and 852 ms), one-core steps then 370 ms: the 8th forward tries both cores again
+    (225 ms now) and they are kept, instead of 60 steps on one core until the 64th."""
+    choice, costs = _choice()
+    picks = []
+    for _ in range(12):
+        t, _ = choice.threads(16, 1)
+        picks.append(t)
+        costs.observe(16, 1, {2: 0.83 if len(picks) <= 2 else 0.225, 1: 0.37}[t], t)
+    assert picks == [2, 2, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2]
 
 
 def test_a_server_splits_only_a_cpu_draft_it_spawns():

@@ -538,3 +538,26 @@ def test_atypical_rounds_feed_the_costs_but_not_the_modes_rates():
     plain = t.planner.table()["bs1-1"]["measured"]["plain"]
     assert plain["rounds"] == 1 and plain["round_ms"] == pytest.approx(100.0)
     assert t.planner.costs.measured(1, 1) == pytest.approx(0.5)  # both forwards in the cost model
+
+
+def test_a_thread_count_never_measured_gets_plain_probed_rather_than_judged_by_the_slower_one():
+    """The 2-core EPYC at 4 requests: SSD's rounds on the target's one core (verify 465 ms of
+    5 tokens each, 110 ms waiting for trees, 4 tokens a request: 6.9 tokens/s each), a plain step
+    on both cores 120 ms (8.3/s). Predicted from the one-core line alone a plain step costs ~250 ms
+    (4.0/s, below the exploring share) and plain was never tried. With both counts named
+    (`costs.counts`) a count never measured makes the plain step unknown: probed at the bucket's
+    first decision and kept."""
+    truth = {"ssd": (4.0, 0.58, 0.465, 0.11), "sync": (4.0, 0.70, 0.30, 0.10), "plain": (1.0, 0.121, 0.12, 0.0)}
+
+    def run(counts):
+        p, w = ModePlanner(DepthController(K, 8, False), allowed=("ssd", "plain")), SplitWorld(truth, noise=0.05)
+        p.costs.speculating, p.costs.counts = 1, counts
+        p.costs.observe(1, K + 1, 0.26)  # one-core verifies at another batch size: a line to predict from
+        p.costs.observe(4, K + 1, 0.465)
+        return [w.round(p, 4) for _ in range(200)], p
+
+    modes, p = run(counts=(2, 1))
+    assert "plain" in modes[:FIRST_WINDOW + 1]
+    assert modes[-100:].count("plain") > 90 and p.table()["bs4-7"]["mode"] == "plain"
+    modes, _ = run(counts=())  # the counts unknown: the one-core prediction is all there is, and
+    assert "plain" not in modes[:3 * EVERY]  # a 48-token burst (12-16 rounds) never saw plain
