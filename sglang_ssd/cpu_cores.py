@@ -29,7 +29,9 @@ from typing import Iterable, Optional
 
 logger = logging.getLogger(__name__)
 
-EXPLORE_EVERY = 64  # forwards at one (bucket, width) between re-measurements of the other thread count
+EXPLORE_EVERY = 1024  # forwards at one (bucket, width) between re-measurements of the slower thread count,
+# once the doubling intervals (8, 16, ..., 512) have passed: each costs a forward at the slower count
+# (+85 ms at batch 1 on the 2-core EPYC), and the faster count's own forwards show a change of load
 MIN_SAMPLES = (2, 1)  # measurements of all cores, then of the target's own, before the faster is trusted
                      # (the first forward at a new point may run cold; the second count is re-measured
                      # every EXPLORE_EVERY forwards anyway)
@@ -148,7 +150,7 @@ class ThreadChoice:
     target's own, whichever this machine measured faster for that (batch bucket, width) in the
     round cost model (`costs.measured(bs, width, threads)`). A count not yet measured there
     MIN_SAMPLES times is measured first (all cores first); the slower is measured again at the 8th,
-    16th and 32nd forward and then every EXPLORE_EVERY, so a change of load is noticed and a
+    16th, 32nd, ... forward and then every EXPLORE_EVERY, so a change of load is noticed and a
     count first measured while something else ran (16 requests' plain steps on both cores timed
     at 813 ms while the draft prefilled their prompts, 225 ms after) is not shunned for long."""
 
@@ -173,7 +175,7 @@ class ThreadChoice:
         # forward's own cost (two cold forwards at 16 requests once made one thread look faster)
         timed = [(self.costs.fastest_measured(batch_size, width, t), t) for t in self.counts]
         best = min(timed)[1]
-        if n % EXPLORE_EVERY == 0 or (n >= 8 and n & (n - 1) == 0):
+        if n % EXPLORE_EVERY == 0 or (8 <= n < EXPLORE_EVERY and n & (n - 1) == 0):
             return max(timed)[1], True
         return best, False
 

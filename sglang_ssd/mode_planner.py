@@ -233,9 +233,10 @@ class ModePlanner:
                 b.probing = None
                 b.extended = 0
                 if back is not None and back.rounds < self.every:  # home was seen briefly (a bucket's
-                    back.age = MAX_AGE + 1  # first rounds, maybe atypical): not trusted, looked at again
-                    b.next_probe[home] = b.backoff[home] = 1  # at the next decision, which comes
-                    b.decisions = 0  # after FIRST_WINDOW rounds
+                    back.age = MAX_AGE + 1  # first rounds, maybe atypical): not trusted, and if it
+                    if self._could_win(b, home, here.rate):  # could win at its best, looked at again
+                        b.next_probe[home] = b.backoff[home] = 1  # at the next decision, which comes
+                        b.decisions = 0  # after FIRST_WINDOW rounds (else on the probe schedule)
             elif (here.rate > back.rate and b.probes == 1 and back.rounds < self.every
                   and back.stderr > here.rate - back.rate):
                 # the bucket's first probe leads a home seen for its first few rounds by less than
@@ -330,6 +331,21 @@ class ModePlanner:
         n = max(here.rounds, 1)
         r_0 = here.round_s / n - here.wait_s / n - here.verify_s / n + step
         return 1.0 / max(r_0, 1e-9)
+
+    def _could_win(self, b: _Bucket, mode: str, rate: float) -> bool:
+        """Whether `mode` at its best in this bucket (the cost model's forward and an optimistic
+        acceptance: a speculating mode's tree hidden, its verify its whole round) could beat `rate`
+        by the margin; True when it cannot be predicted. A draft of random weights (acceptance 0)
+        cannot, so its brief SSD visit is not measured again: 9 more SSD rounds at 330 ms for one
+        token against plain steps of 100 ms, every time a bucket's plain probe won."""
+        if mode == "plain":
+            step = self.costs.step_predicted(b.size)
+            best = None if step is None else 1.0 / step
+        else:
+            k = self.depth.k
+            verify = self.costs.predict(b.size, k + 1)
+            best = None if verify is None else expected_tokens(self.depth.accept_optimistic, k) / verify
+        return best is None or best > rate * (1 + MARGIN)
 
     def _enter(self, b: _Bucket, mode: str) -> None:
         old = b.meters.get(b.mode)

@@ -194,7 +194,8 @@ class SSDWorker(BaseSpecWorker):
         # mode is the one of the batch these requests join (the last decode round's plus every
         # request prefilled since): 16 requests joining a plain batch had the draft prefill 16
         # prompts on its core while the target's plain steps wanted that core.
-        self._joining += len(batch.reqs)
+        self._joining += sum(getattr(r, "inflight_middle_chunks", 0) == 0  # (a prompt's last chunk; not one that
+                             and (r.sampling_params.max_new_tokens or 2) > 1 for r in batch.reqs)  # ends here)
         mode = self.planner.mode_for(self._decoding + self._joining)
         talk = self.client is not None and batch.forward_mode.is_extend() and mode != "plain"
         # With a core split the target prefills on every core and tells the draft afterwards (the

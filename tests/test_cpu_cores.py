@@ -59,9 +59,10 @@ def test_an_idle_draft_forward_measures_both_counts_then_keeps_the_faster():
         seq.append(t)
         costs.observe(1, 1, 0.10 if t == 2 else 0.06, t)  # one thread is faster here (as on an AVX2 box)
     assert seq == [2, 2, 1, 1]  # the fourth from the measurements
-    picks = [choice.threads(1, 1) for _ in range(EXPLORE_EVERY)]  # forwards 5 to 68 at this point
+    picks = [choice.threads(1, 1) for _ in range(2 * EXPLORE_EVERY)]  # forwards 5 to 2052 at this point
     explored = [i + 5 for i, p in enumerate(picks) if p == (2, True)]
-    assert explored == [8, 16, 32, 64]  # the slower re-measured at doubling intervals, then every EXPLORE_EVERY
+    # the slower re-measured at doubling intervals, then every EXPLORE_EVERY
+    assert explored == [8, 16, 32, 64, 128, 256, 512, EXPLORE_EVERY, 2 * EXPLORE_EVERY]
     assert all(p == (1, False) for p in picks if p != (2, True))
     # another width and another bucket are their own questions
     assert choice.threads(1, 5)[0] == 2 and choice.threads(8, 1)[0] == 2
