@@ -575,3 +575,23 @@ def test_a_draft_that_cannot_win_is_not_measured_again_after_a_brief_visit():
     seen = [w.round(p) for _ in range(FIRST_WINDOW + 3 * EVERY)]
     assert seen[:FIRST_WINDOW] == ["ssd"] * FIRST_WINDOW and seen[FIRST_WINDOW] == "plain"
     assert "ssd" not in seen[FIRST_WINDOW:], seen
+
+
+def test_a_new_bucket_weighs_ssd_by_the_round_its_verify_is_part_of():
+    """8 requests: a verify of K+1 tokens each 0.55 s on the target's core, a decode step 0.18 s
+    on both, 3.05 tokens a round: SSD's verify alone (5.5 tokens/s a request) is a tie with plain
+    (5.6); SSD's rounds measured at 1.3x their verify (waits for trees and first drafts) make it
+    4.3, so the bucket starts plain (the real pair's 8-request bucket started in SSD rounds of
+    1.1 s, and its burst ended with stragglers in small batches)."""
+    from sglang_ssd.auto_k import expected_tokens
+
+    p = ModePlanner(DepthController(K, 8, False))
+    p.costs.speculating = 1
+    for _ in range(8):  # batch 1: SSD rounds 1.3x their verify; 3 of K drafts accepted
+        p.observe("ssd", K, 1, [3], verify_s=0.25, round_s=0.325, wait_s=0.075, tree_s=0.2, tree_k=K, overrun_s=0.0)
+    p.costs.observe(8, K + 1, 0.55)  # the verify at 8 requests, and decode steps on both cores
+    p.costs.observe(1, 1, 0.10, 2)
+    p.costs.observe(8, 1, 0.18, 2)
+    e = expected_tokens(p.depth.accept, K)
+    assert e / 0.55 * (1 + 0.05) > 1 / 0.18 > e / (0.55 * 1.3) * (1 + 0.05)  # a tie on the verify alone
+    assert p.plan(8)[0] == "plain"
