@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 EXPLORE_EVERY = 1024  # forwards at one (bucket, width) between re-measurements of the slower thread count,
 # once the doubling intervals (8, 16, ..., 512) have passed: each costs a forward at the slower count
 # (+85 ms at batch 1 on the 2-core EPYC), and the faster count's own forwards show a change of load
+CLEARLY = 1.5  # a count this much slower (measured, or by its line) is not measured at the doubling intervals
 MIN_SAMPLES = (2, 1)  # measurements of all cores, then of the target's own, before the faster is trusted
                      # (the first forward at a new point may run cold; the second count is re-measured
                      # every EXPLORE_EVERY forwards anyway)
@@ -149,10 +150,14 @@ class ThreadChoice:
     """How many threads a target forward gets while the draft is idle: the server's cores or the
     target's own, whichever this machine measured faster for that (batch bucket, width) in the
     round cost model (`costs.measured(bs, width, threads)`). A count not yet measured there
-    MIN_SAMPLES times is measured first (all cores first); the slower is measured again at the 8th,
-    16th, 32nd, ... forward and then every EXPLORE_EVERY, so a change of load is noticed and a
-    count first measured while something else ran (16 requests' plain steps on both cores timed
-    at 813 ms while the draft prefilled their prompts, 225 ms after) is not shunned for long."""
+    MIN_SAMPLES times is measured first (all cores first), unless the cost model's line for that
+    count (its forwards at other batch sizes) already puts it CLEARLY slower: at 32 requests a
+    one-core step (620 ms, the line says ~600) against 360 ms on both cores is not worth timing.
+    The slower is measured again at the 8th, 16th, 32nd, ... forward while it could be faster
+    (within CLEARLY of the faster, or timed above what its line predicts: 16 requests' plain
+    steps on both cores timed at 813 ms while the draft prefilled their prompts, 225 ms after,
+    are not shunned for long), and every EXPLORE_EVERY forwards in any case. Each such forward
+    cost 260 ms at 32 requests, 85 ms at one: four of them were 5% of a 48-token burst."""
 
     def __init__(self, costs, split: CoreSplit):
         self.costs = costs
@@ -167,16 +172,26 @@ class ThreadChoice:
 
         key = (bucket_of(batch_size), width)
         n = self._seen[key] = self._seen.get(key, 0) + 1
-        for i, (t, least) in enumerate(zip(self.counts, MIN_SAMPLES)):
-            if self.costs.samples(batch_size, width, t) < least:
-                return t, i > 0
+        tokens = batch_size * width
         # the fastest recent forward of each count: cold forwards (a new batch shape's first, when
         # oneDNN makes its kernels) and interruptions only ever add time, so the minimum is the
         # forward's own cost (two cold forwards at 16 requests once made one thread look faster)
-        timed = [(self.costs.fastest_measured(batch_size, width, t), t) for t in self.counts]
-        best = min(timed)[1]
-        if n % EXPLORE_EVERY == 0 or (8 <= n < EXPLORE_EVERY and n & (n - 1) == 0):
-            return max(timed)[1], True
+        timed = []
+        for i, (t, least) in enumerate(zip(self.counts, MIN_SAMPLES)):
+            if self.costs.samples(batch_size, width, t) < least:
+                line = self.costs.line(t, tokens) if i > 0 else None
+                if line is None or line < CLEARLY * min(timed)[0]:
+                    return t, i > 0
+                timed.append((line, t))  # its line (other buckets' forwards) says it is clearly slower
+            else:
+                timed.append((self.costs.fastest_measured(batch_size, width, t), t))
+        (fast, best), (slow, other) = min(timed), max(timed)
+        if n % EXPLORE_EVERY == 0:
+            return other, True
+        if 8 <= n < EXPLORE_EVERY and n & (n - 1) == 0:  # could the slower be faster after all: close,
+            line = self.costs.line(other, tokens)  # or timed above what its line says (the draft was busy)
+            if slow < CLEARLY * fast or (line is not None and line < fast):
+                return other, True
         return best, False
 
 

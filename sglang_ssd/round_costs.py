@@ -154,6 +154,15 @@ class RoundCosts:
             return None
         return extrapolate(pts, tokens, proportional=False)
 
+    def line(self, threads: int, tokens: int) -> Optional[float]:
+        """At `tokens` tokens per forward, the line through this thread count's latest forwards of
+        other token counts (what the rest of the machine's forwards say this one should cost; None
+        with fewer than two distinct token counts)."""
+        pts = [p for p in self._raw.get(threads, ()) if p[0] != tokens]
+        if len({n for n, _ in pts}) < 2:
+            return None
+        return extrapolate(pts, tokens, proportional=False)
+
     def predict(self, batch_size: int, width: int, threads: Optional[int] = None) -> Optional[float]:
         """A forward in a bucket that may not have measured it: forward() where it can, else the
         line in tokens per forward (batch size x width: a forward reads the weights once and

@@ -57,13 +57,18 @@ def test_an_idle_draft_forward_measures_both_counts_then_keeps_the_faster():
     for _ in range(4):  # unmeasured counts first: all cores twice, then the target's own once
         t, _ = choice.threads(1, 1)
         seq.append(t)
-        costs.observe(1, 1, 0.10 if t == 2 else 0.06, t)  # one thread is faster here (as on an AVX2 box)
+        costs.observe(1, 1, 0.08 if t == 2 else 0.06, t)  # one thread is faster here (as on an AVX2 box)
     assert seq == [2, 2, 1, 1]  # the fourth from the measurements
     picks = [choice.threads(1, 1) for _ in range(2 * EXPLORE_EVERY)]  # forwards 5 to 2052 at this point
     explored = [i + 5 for i, p in enumerate(picks) if p == (2, True)]
-    # the slower re-measured at doubling intervals, then every EXPLORE_EVERY
+    # the slower (within CLEARLY of the faster) re-measured at doubling intervals, then every EXPLORE_EVERY
     assert explored == [8, 16, 32, 64, 128, 256, 512, EXPLORE_EVERY, 2 * EXPLORE_EVERY]
     assert all(p == (1, False) for p in picks if p != (2, True))
+    for _ in range(5):
+        costs.observe(1, 1, 0.10, 2)  # both cores clearly slower (1.67x): timed every EXPLORE_EVERY only
+    choice._seen.clear()
+    picks = [choice.threads(1, 1) for _ in range(EXPLORE_EVERY)]
+    assert [i + 1 for i, p in enumerate(picks) if p[1]] == [EXPLORE_EVERY]
     # another width and another bucket are their own questions
     assert choice.threads(1, 5)[0] == 2 and choice.threads(8, 1)[0] == 2
     for _ in range(2):
@@ -172,12 +177,30 @@ def test_a_count_first_measured_while_the_draft_worked_is_measured_again_soon():
     its core (813 and 852 ms), one-core steps then 370 ms: the 8th forward tries both cores again
     (225 ms now) and they are kept, instead of 60 steps on one core until the 64th."""
     choice, costs = _choice()
+    for bs, sec in ((4, 0.155), (8, 0.188)):  # both cores' plain steps at other batch sizes: their line
+        costs.observe(bs, 1, sec, 2)  # says ~0.25 s at 16 requests
     picks = []
     for _ in range(12):
         t, _ = choice.threads(16, 1)
         picks.append(t)
         costs.observe(16, 1, {2: 0.83 if len(picks) <= 2 else 0.225, 1: 0.37}[t], t)
     assert picks == [2, 2, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2]
+
+
+def test_a_count_its_line_puts_clearly_slower_is_not_timed():
+    """32 requests on the 2-core EPYC: one-core forwards at other batch sizes put a one-core step
+    at ~0.6 s, both cores measured 0.36 s: no one-core forward is timed (each cost 260 ms), not at
+    first and not at the doubling intervals, only every EXPLORE_EVERY forwards."""
+    choice, costs = _choice()
+    for bs, w, sec in ((1, 5, 0.25), (4, 5, 0.45), (8, 5, 0.82)):  # SSD's one-core verifies
+        costs.observe(bs, w, sec, 1)
+    assert costs.line(1, 32) > 1.5 * 0.36
+    picks = []
+    for _ in range(EXPLORE_EVERY):
+        t, measuring = choice.threads(32, 1)
+        picks.append((t, measuring))
+        costs.observe(32, 1, 0.36 if t == 2 else 0.62, t)
+    assert [i + 1 for i, p in enumerate(picks) if p[0] == 1] == [EXPLORE_EVERY]
 
 
 def test_a_server_splits_only_a_cpu_draft_it_spawns():
