@@ -80,7 +80,8 @@ class SSDWorker(BaseSpecWorker):
         self.refused: set[str] = set()  # rids the draft refused: served without it from then on
         self._decoding = self._joining = 0  # requests in the batch new ones join: going on after the
         # last decode round, and prefilled since (ModePlanner.mode_for: whether to tell the draft)
-        self.deferred: dict[str, tuple[int, str]] = {}  # rid -> (round to begin it again, reason): a retryable refusal's plain rounds
+        self.deferred: dict[str, tuple[int, str]] = {}  # rid -> (decode round to begin it again, reason): a retryable refusal's plain rounds
+        self._served = 0  # decode rounds served (the deferrals' clock: rounds without the draft send no Step)
         self.round = 0
         self._generation = 0  # draft process generation the synced states belong to
         self._last_reply_at = float("-inf")
@@ -268,7 +269,7 @@ class SSDWorker(BaseSpecWorker):
             del self.synced[rid]
         self.refused &= cur
         releases += [r for r in self.deferred if r not in cur]  # (the draft may hold its prefill)
-        self.deferred = {r: v for r, v in self.deferred.items() if r in cur and v[0] > self.round}
+        self.deferred = {r: v for r, v in self.deferred.items() if r in cur and v[0] > self._served}
         seq_lens = batch.seq_lens_cpu.tolist() if batch.seq_lens_cpu is not None else batch.seq_lens.tolist()
         begins, outcomes = [], []
         for req, L in zip(reqs, seq_lens):
@@ -303,7 +304,7 @@ class SSDWorker(BaseSpecWorker):
             for r in reply.refusals:
                 if r.retry:  # not now (draft pool full, prefill running): plain rounds, then begin it again
                     self.stats.record_refusal(r.reason)
-                    self.deferred[r.rid] = (self.round + wire.REFUSAL_RETRY_ROUNDS, r.reason.split(":")[0])
+                    self.deferred[r.rid] = (self._served + wire.REFUSAL_RETRY_ROUNDS, r.reason.split(":")[0])
                     continue
                 logger.warning("SSD draft refused request %s, serving it without the draft: %s",
                                r.rid, r.reason)
@@ -382,13 +383,22 @@ class SSDWorker(BaseSpecWorker):
     def _decode(self, batch: ScheduleBatch, on_publish) -> GenerationBatchResult:
         t_round = time.perf_counter()
         bs = len(batch.reqs)
+        self._served += 1
         mode, k = self.planner.plan(bs)
+        kind = mode
+        if (mode != "plain" and bs and (self.tp_group is None or self.tp_group.world_size == 1)
+                and all(self.deferred.get(r.rid, (0,))[0] > self._served for r in batch.reqs)):
+            # every request waits for the draft (its prefill is still running, its pool is full):
+            # a verify of K+1 tokens of backup drafts bought ~1 token for 2-3 decode steps (a 2k
+            # prompt: 9 such rounds of 400-800 ms); a plain step instead, on the target's own cores
+            # (the draft works on its own), the draft left alone (no Step: nothing to release)
+            mode, k, kind = "plain", 0, "ssd"
         if self.verify_graphs is not None:
             k = self.verify_graphs.choose(k, bs).k
             self.stats.verify_graphs = self.verify_graphs.stats.as_dict()
         drafts, k, qs, hits, wait, tree = self._drafts(batch, mode, k)
         n = k + 1
-        threads, measuring = self._use_cores(mode, bs, n)
+        threads, measuring = self._use_cores(kind, bs, n)
 
         if k == 0 and not replays_graphs(self.model_runner):
             t0 = time.perf_counter()
