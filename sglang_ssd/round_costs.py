@@ -146,10 +146,10 @@ class RoundCosts:
         ta, tb = self.measured(batch_size, a, threads), self.measured(batch_size, b, threads)
         return ta + (tb - ta) * (width - a) / (b - a)
 
-    def _line(self, threads: int, tokens: int) -> Optional[float]:
-        """The line t = a + c x tokens through this thread count's latest forwards in every bucket
-        (None with fewer than two distinct token counts)."""
-        pts = list(self._raw.get(threads, ()))
+    def _line(self, threads: int, tokens: int, skip: Optional[int] = None) -> Optional[float]:
+        """The line t = a + c x tokens through this thread count's latest forwards in every bucket,
+        leaving out those of `skip` tokens (None with fewer than two distinct token counts)."""
+        pts = [p for p in self._raw.get(threads, ()) if p[0] != skip]
         if len({n for n, _ in pts}) < 2:
             return None
         return extrapolate(pts, tokens, proportional=False)
@@ -158,10 +158,7 @@ class RoundCosts:
         """At `tokens` tokens per forward, the line through this thread count's latest forwards of
         other token counts (what the rest of the machine's forwards say this one should cost; None
         with fewer than two distinct token counts)."""
-        pts = [p for p in self._raw.get(threads, ()) if p[0] != tokens]
-        if len({n for n, _ in pts}) < 2:
-            return None
-        return extrapolate(pts, tokens, proportional=False)
+        return self._line(threads, tokens, skip=tokens)
 
     def predict(self, batch_size: int, width: int, threads: Optional[int] = None) -> Optional[float]:
         """A forward in a bucket that may not have measured it: forward() where it can, else the
