@@ -1,6 +1,6 @@
 """Throughput from 1 to 32 requests at once, plain decoding against SSD on the same cores (issue 24).
 
-    python bench/load_sweep.py [--levels 1,2,4,8,16,32] [--max-new-tokens 48] [--reps 2] [--temperature 0]
+    python bench/load_sweep.py [--levels 1,2,4,8,16,32] [--max-new-tokens 48] [--reps 2] [--temperature 0] [--starts 1]
 
 The real pair (bench/pairs.py, qwen-coder). One server at a time, each given cores 0 and 1:
   ar   plain SGLang (its default overlap scheduler), every process on both cores (and, with
@@ -11,7 +11,8 @@ Each server first serves a warm-up burst (4 requests, 16 tokens), then at each l
 of `level` requests (HumanEval and instructions prompts alternating, `--max-new-tokens` each, EOS
 ignored), each burst's throughput = its tokens over its wall time (part-full rounds at the end of a
 burst count as the user sees them). Later bursts hit the servers' prefix caches, so the figure is
-mostly decode throughput. Prints a markdown table of tokens/s per level (mean of the bursts) and
+mostly decode throughput. With --starts N every server is started N times, in alternating order, and
+each level pools the bursts of every start. Prints a markdown table of tokens/s per level (mean of the bursts) and
 SSD/AR; for SSD also its decode steps per mode; JSON to --out. Set SGLANG_SSD_ROUND_LOG=PATH to get
 the SSD server's rounds (mode, batch, threads, times) one JSON line each.
 """
@@ -68,6 +69,20 @@ def sweep(target, draft, mode: str, pinned: bool, ps, levels, reps, max_new, tem
     return out
 
 
+def merge_starts(acc, got: dict) -> dict:
+    """One mode's sweeps from several server starts as one: every burst of every start, their mean."""
+    if acc is None:
+        return got
+    for c, lv in got["levels"].items():
+        a = acc["levels"][c]
+        a["bursts"] += lv["bursts"]
+        a["ttft_s"] += lv["ttft_s"]
+        a["tok_s"] = sum(a["bursts"]) / len(a["bursts"])
+    for m, n in got.get("mode_steps", {}).items():
+        acc["mode_steps"][m] = acc["mode_steps"].get(m, 0) + n
+    return acc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--levels", default="1,2,4,8,16,32")
@@ -75,6 +90,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2, help="bursts per level")
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--ar-one-core", action="store_true", help="also plain decoding on core 0 alone")
+    ap.add_argument("--starts", type=int, default=1, help="fresh starts of every server, alternating (ABBA): "
+                    "on the 2-core VM here a server's decode step moved by up to 1.5x from one start to the "
+                    "next, plain SGLang's too (bench/step_noise.py)")
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "load_sweep.json")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",") if x]
@@ -91,13 +109,17 @@ def main() -> None:
     logdir.mkdir(parents=True, exist_ok=True)
     runs = [("ar", False)] + ([("ar", True)] if args.ar_one_core else []) + [("ssd", True)]
     res = {}
-    for mode, pinned in runs:  # ar shared: both cores; ar pinned: core 0; ssd pinned: cores 0-1, split
-        res[f"{mode}-{'pinned' if pinned else 'shared'}"] = sweep(
-            target, draft, mode, pinned, ps, levels, args.reps, args.max_new_tokens, args.temperature, warmup, logdir)
+    for start in range(args.starts):  # ar shared: both cores; ar pinned: core 0; ssd pinned: cores 0-1, split
+        for mode, pinned in (runs if start % 2 == 0 else runs[::-1]):  # alternating: ABBA
+            key = f"{mode}-{'pinned' if pinned else 'shared'}"
+            got = sweep(target, draft, mode, pinned, ps, levels, args.reps, args.max_new_tokens, args.temperature,
+                        warmup, logdir)
+            res[key] = merge_starts(res.get(key), got)
     from sglang_ssd.kernels import cpu_caps
 
     ars = [k for k in res if k.startswith("ar")]
-    print(f"\n# Throughput, tokens/s (mean of {args.reps} bursts of {args.max_new_tokens} tokens each), "
+    print(f"\n# Throughput, tokens/s (mean of {args.reps} bursts x {args.starts} starts of {args.max_new_tokens} "
+          f"tokens each), "
           f"T={args.temperature}, CPU {cpu_caps.caps().label}")
     print("| requests at once | " + " | ".join(res[k]["label"] for k in ars) + " | SSD | SSD/best AR |")
     print("|---" * (len(ars) + 3) + "|")

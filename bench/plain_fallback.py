@@ -14,7 +14,10 @@ reported), then at each concurrency level `--requests` requests of `--max-new-to
 throughput = tokens / wall time. Target: SSD >= 0.95x plain at every level (issue 16).
 `--protocol equal` (the headline, issue 22): SSD gets cores 0 and 1 (its draft pins itself to the
 last, and the target borrows it while the draft idles, as in plain rounds), plain decoding runs on
-core 0 and on cores 0-1, and each level compares SSD with the better of the two.
+core 0 and on cores 0-1, and each level compares SSD with the better of the two. Plain decoding on
+cores 0-1 and SSD are each started `--alternations` times, alternating (ABBA), and each level pools
+the tokens and time of every start: a server's speed on this VM shifted by up to 1.5x from one start
+to the next, plain SGLang's too.
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ def main() -> None:
     ap.add_argument("--protocol", default="pinned", choices=["pinned", "equal"],
                     help="pinned: every server on core 0 (SSD's draft on core 1); equal: SSD on cores 0-1, "
                     "plain decoding at the better of core 0 and cores 0-1")
+    ap.add_argument("--alternations", type=int, default=2, help="equal protocol: fresh starts of plain decoding "
+                    "on cores 0-1 and of SSD, alternating; each level's figure pools every start's tokens and time")
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "plain_fallback.json")
     args = ap.parse_args()
     tiny = args.pair == "tiny"
@@ -126,8 +131,15 @@ def main() -> None:
     logdir.mkdir(parents=True, exist_ok=True)
     results = {}
     equal = args.protocol == "equal"
+    # equal: plain decoding on core 0 once, then plain on cores 0-1 and SSD started afresh
+    # `--alternations` times each, in alternating order (ABBA): on this 2-core VM a server's decode
+    # step ran at ~100 ms after one start and ~148 ms after another, plain SGLang's too
+    # (bench/README.md), so a single start measured the start as much as the mode. (Two Qwen
+    # servers up at once do not fit in 24 GB: the second died starting.)
     runs = [("plain", {0}), ("plain2", {0, 1}), ("ssd", {0, 1})] if equal else [("plain", {0}), ("ssd", {0})]
-    for mode, cpus in runs:
+    order = [runs[0]] + [r for a in range(args.alternations) for r in (runs[1:] if a % 2 == 0 else runs[:0:-1])] \
+        if equal else runs
+    for mode, cpus in order:
         extra = [] if mode.startswith("plain") else ["--speculative-algorithm", "SSD", "--speculative-draft-model-path",
                                                      str(draft), "--ssd-draft-threads", "1"]
         with CPUServer(target, base + extra, log_path=str(logdir / f"plain_fallback-{mode}.log"), cpus=cpus,
@@ -136,20 +148,27 @@ def main() -> None:
                 pin_threads(srv.ssd_stats()["draft_pid"], {1})
             t0 = time.perf_counter()
             w = srv.generate(prompt, {"temperature": 0, "max_new_tokens": warm, "ignore_eos": True})
-            row = {"warmup_s": time.perf_counter() - t0}
+            row = results.setdefault(mode, {"warmup_s": [], "levels": {}, "starts": 0})
+            row["warmup_s"].append(time.perf_counter() - t0)
+            row["starts"] += 1
             if mode == "ssd":
                 st = srv.ssd_stats()
-                row["warmup_mode_steps"] = dict(st["mode_steps"])
-                row["settled_mode"] = st["modes"].get("bs1-1", {}).get("mode")
+                row.setdefault("warmup_mode_steps", []).append(dict(st["mode_steps"]))
+                row.setdefault("settled_mode", []).append(st["modes"].get("bs1-1", {}).get("mode"))
                 row["warmup_tokens"] = w["meta_info"]["completion_tokens"]
                 before = st
-            row["levels"] = measure(srv, prompt, levels, requests, max_new)
+            for c, got in measure(srv, prompt, levels, requests, max_new).items():
+                lv = row["levels"].setdefault(c, {"tokens": 0, "wall_s": 0.0, "outputs": got["outputs"], "starts": []})
+                lv["tokens"] += got["tokens"]
+                lv["wall_s"] += got["wall_s"]
+                lv["starts"].append(round(got["tok_s"], 3))
+                lv["tok_s"] = lv["tokens"] / lv["wall_s"]
             if mode == "ssd":
                 st = srv.ssd_stats()
-                row["mode_steps"] = {m: st["mode_steps"].get(m, 0) - before["mode_steps"].get(m, 0)
-                                     for m in st["mode_steps"]}
+                steps = row.setdefault("mode_steps", {})
+                for m in st["mode_steps"]:
+                    steps[m] = steps.get(m, 0) + st["mode_steps"].get(m, 0) - before["mode_steps"].get(m, 0)
                 row["modes"] = st["modes"]
-        results[mode] = row
     plains = [m for m, _ in runs if m.startswith("plain")]
     same = all(results["ssd"]["levels"][c]["outputs"] == results[m]["levels"][c]["outputs"]
                for c in levels for m in plains)

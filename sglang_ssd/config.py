@@ -41,6 +41,7 @@ class SSDConfig:
     draft_threads: Optional[int] = None
     draft_cpus: str = "auto"  # cpu_cores.py: auto, off, or the draft's cores ("3", "2-3")
     draft_kv_tokens: int = 65536
+    draft_window: int = 0  # request_view.DraftView: 0 = the draft sees every prompt token
     draft_dtype: Optional[str] = None
     saguaro_c: float = 1.0
     draft_engine: str = "hf"
@@ -244,6 +245,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                    "plain rounds and sync verifies, with the thread count measured faster.")
     g.add_argument("--ssd-draft-kv-tokens", type=_int_in("--ssd-draft-kv-tokens", 256), default=65536,
                    help="KV slots in the draft process's pool (prefixes, glue and branch tokens).")
+    g.add_argument("--ssd-draft-window", type=_int_in("--ssd-draft-window", 0), default=0,
+                   help="The draft sees a prompt longer than this many tokens (+4) as its first 4 tokens "
+                   "and its last this many, then what is generated: its prefill and attention stay "
+                   "bounded for any prompt, at some cost in acceptance (outputs are exact either way). "
+                   "0 (default): every prompt token.")
     g.add_argument("--ssd-saguaro-c", type=_saguaro_c, default=1.0,
                    help="Saguaro sampling for sampled requests: the draft scales its top (F_j+1) "
                    "tokens at position j by C in (0, 1] (1 = off); lower C raises the cache hit "
@@ -279,6 +285,7 @@ def config_from_namespace(ns: argparse.Namespace) -> SSDConfig:
         draft_threads=getattr(ns, "ssd_draft_threads", None),
         draft_cpus=getattr(ns, "ssd_draft_cpus", "auto"),
         draft_kv_tokens=getattr(ns, "ssd_draft_kv_tokens", 65536),
+        draft_window=getattr(ns, "ssd_draft_window", 0),
         draft_dtype=getattr(ns, "ssd_draft_dtype", None),
         saguaro_c=getattr(ns, "ssd_saguaro_c", 1.0),
         draft_engine=getattr(ns, "ssd_draft_engine", "hf"),

@@ -30,7 +30,7 @@ def propose(chains: list, logits: torch.Tensor, step: int, fan: int, saguaro_c: 
     q = processed_probs(logits[rows], **param_tensors([c.sampling for c in sub], logits.device))
     for j, c in enumerate(sub):
         if c.sampling.seed is not None:
-            nxt[rows[j]] = int(gumbel_choice(q[j:j + 1], c.sampling.seed, [c.first_pos + step + 1])[0])
+            nxt[rows[j]] = int(gumbel_choice(q[j:j + 1], c.sampling.seed, [c.first_pos + step + 1 + c.sampling.offset])[0])
     free = [j for j, c in enumerate(sub) if c.sampling.seed is None]
     if not free:
         return nxt
@@ -47,4 +47,5 @@ def seeded_scores(sampling, glue_logits: torch.Tensor, base: int) -> torch.Tenso
     then rank the likely target choices."""
     n = glue_logits.shape[0]
     q = processed_probs(glue_logits, **param_tensors([sampling] * n, glue_logits.device))
+    base += sampling.offset  # (the target's positions)
     return gumbel_scores(q, sampling.seed, range(base, base + n)).float()

@@ -41,6 +41,8 @@ class Sampling(msgspec.Struct, frozen=True):
     top_p: float = 1.0
     min_p: float = 0.0
     seed: Optional[int] = None
+    offset: int = 0  # prompt tokens the draft does not see (request_view.DraftView): its position n is
+    # the target's n + offset, where a seeded request's noise is drawn
 
 
 class Warm(msgspec.Struct, frozen=True):

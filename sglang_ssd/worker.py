@@ -37,7 +37,7 @@ from sglang_ssd.fanout import resolve_fanout
 from sglang_ssd.grammar import apply_chain_mask, speculated_grammar_mask
 from sglang_ssd.mode_planner import ModePlanner
 from sglang_ssd.qlaw import unpack as unpack_q
-from sglang_ssd.request_view import begin_of, sampling_of, seeded_first_token, warm_of
+from sglang_ssd.request_view import DraftView, sampling_of, seeded_first_token
 from sglang_ssd.round_timing import RoundTiming, TreeTimes
 from sglang_ssd.target_verify import (captured_verify, decode_forward, prepare_verify, replays_graphs,
                                       sample_first_position, seeded_first_tokens, spec_logprobs)
@@ -80,6 +80,7 @@ class SSDWorker(BaseSpecWorker):
         self.refused: set[str] = set()  # rids the draft refused: served without it from then on
         self._decoding = self._joining = 0  # requests in the batch new ones join: going on after the
         # last decode round, and prefilled since (ModePlanner.mode_for: whether to tell the draft)
+        self.view = DraftView(self.cfg.draft_window)  # which of a request's tokens the draft sees
         self.deferred: dict[str, tuple[int, str]] = {}  # rid -> (decode round to begin it again, reason): a retryable refusal's plain rounds
         self._served = 0  # decode rounds served (the deferrals' clock: rounds without the draft send no Step)
         self.round = 0
@@ -203,7 +204,7 @@ class SSDWorker(BaseSpecWorker):
         # Begins below): a prefill on the draft's cores too is worth more than the draft's head start.
         split = self._use_cores("prefill", len(batch.reqs), 0)[0] is not None
         if talk and not split:  # the draft prefills these prompts and drafts their first speculations meanwhile
-            warm = [warm_of(r, mode == "ssd") for r in batch.reqs if r.rid not in self.synced]
+            warm = [self.view.warm(r, mode == "ssd") for r in batch.reqs if r.rid not in self.synced]
             if warm:
                 self.round += 1
                 self._send(wire.Step(round=self.round, warm=warm, reply=False, depth=self.planner.k,
@@ -223,7 +224,7 @@ class SSDWorker(BaseSpecWorker):
             for req, t in zip(batch.reqs, predict.tolist()):
                 if getattr(req, "inflight_middle_chunks", 0) > 0:
                     continue
-                begins.append(begin_of(req, list(req.origin_input_ids) + list(req.output_ids), t))
+                begins.append(self.view.begin(req, list(req.origin_input_ids) + list(req.output_ids), t))
                 self.synced[req.rid] = (-1, int(t))
             if begins:
                 self.round += 1
@@ -278,11 +279,12 @@ class SSDWorker(BaseSpecWorker):
             st = self.synced.get(req.rid)
             if st is None:  # resync: whatever the draft knew of it is stale
                 releases.append(req.rid)
-                begins.append(begin_of(req, list(req.origin_input_ids) + list(req.output_ids[:-1]),
+                begins.append(self.view.begin(req, list(req.origin_input_ids) + list(req.output_ids[:-1]),
                                        req.output_ids[-1]))
                 st = (-1, int(req.output_ids[-1]))
                 self.synced[req.rid] = st
-            outcomes.append(wire.Outcome(rid=req.rid, k=st[0], t_star=st[1], committed_len=int(L)))
+            outcomes.append(wire.Outcome(rid=req.rid, k=st[0], t_star=st[1],
+                                         committed_len=self.view.committed(req, int(L))))
         self.round += 1
         t0 = time.perf_counter()
         reply = self._send(wire.Step(round=self.round, begins=begins, outcomes=outcomes, releases=releases,

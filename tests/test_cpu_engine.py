@@ -75,6 +75,20 @@ def test_attend_matches_naive_gqa():
     torch.testing.assert_close(got.double(), _naive_attention(q, k, v, allowed, 0.3), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("hq,hkv", [(12, 2), (14, 2), (4, 4), (6, 1)])
+def test_attend_folds_each_kv_heads_query_heads_exactly(hq, hkv):
+    """Qwen2.5-1.5B's 12/2 and 0.5B's 14/2 heads, plain MHA and MQA: query head h reads KV head
+    h // (hq // hkv), each under its own row of an irregular mask."""
+    g = torch.Generator().manual_seed(hq * 10 + hkv)
+    q = torch.randn(5, hq, 16, generator=g)
+    k, v = torch.randn(40, hkv, 16, generator=g), torch.randn(40, hkv, 16, generator=g)
+    allowed = torch.rand(5, 40, generator=g) > 0.5
+    allowed[:, 3] = True
+    got = tva.attend(q, k, v, allowed, 0.25)
+    torch.testing.assert_close(got.double(), _naive_attention(q, k, v, allowed, 0.25), rtol=1e-5, atol=1e-5)
+    assert got.shape == (5, hq, 16)
+
+
 def test_verify_attention_chain():
     seq_lens, n = [3, 7], 4
     q, kc, vc, r2t, rpi = _pool_setup(seq_lens, n)

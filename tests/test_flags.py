@@ -48,6 +48,8 @@ BAD = [
     (["--ssd-draft-start-timeout", "0"], "--ssd-draft-start-timeout='0'"),
     (["--ssd-draft-threads", "0"], "--ssd-draft-threads='0'"),
     (["--ssd-draft-kv-tokens", "10"], "--ssd-draft-kv-tokens='10'"),
+    (["--ssd-draft-window", "-5"], "--ssd-draft-window='-5'"),
+    (["--ssd-draft-window", "2k"], "--ssd-draft-window='2k'"),
     (["--ssd-draft-dtype", "int3"], "--ssd-draft-dtype='int3'"),
     (["--ssd-draft-dtype", "int8", "--ssd-draft-engine", "sglang"], "--ssd-draft-dtype='int8': needs --ssd-draft-engine hf"),
     (["--ssd-mode", "fastest"], "--ssd-mode='fastest'"),
@@ -81,8 +83,9 @@ def test_nonexistent_draft_path(prepare, capsys):
 
 def test_good_flags_reach_the_record(prepare):
     sa = prepare("--ssd-fanout", "1,2,3,0,4", "--ssd-backup", "neural", "--ssd-draft-timeout-ms", "2500",
-                 "--ssd-draft-endpoint", "tcp://127.0.0.1:7777")
+                 "--ssd-draft-endpoint", "tcp://127.0.0.1:7777", "--ssd-draft-window", "1024")
     cfg = sa._ssd_config
+    assert cfg["draft_window"] == 1024
     assert cfg["fanout"] == [1, 2, 3, 0, 4] and cfg["backup"] == "neural"
     assert cfg["draft_timeout"] == 2.5 and cfg["draft_endpoint"] == "tcp://127.0.0.1:7777"
     # The record travels to SGLang's subprocesses by pickling; the SSD config goes with it.

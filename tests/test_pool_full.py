@@ -146,3 +146,28 @@ def test_a_full_draft_pool_refuses_nothing_and_stays_exact(small_pool_server, hf
     assert out["output_ids"] == hf_greedy(hf_target, PROMPTS[0], N_TOKENS)
     assert small_pool_server.ssd_stats()["refusal_reasons"]["draft pool full"] == before
     assert sum(out["meta_info"]["ssd_accepted"]) >= N_TOKENS // 2
+
+
+def test_rounds_in_which_every_request_waits_for_the_draft_are_plain_steps(small_pool_server, hf_target):
+    """A prompt longer than the whole draft pool (300 > 256 tokens) is refused as retryable at each
+    Begin; between Begins (wire.REFUSAL_RETRY_ROUNDS decode rounds) the request, alone in its
+    batch, waits for the draft. Those rounds are plain decode steps (K = 0, one token, no Step to
+    the draft), not verifies of K+1 n-gram tokens; only the rounds that try the Begin again
+    speculate. Fails on a worker that verifies backup drafts while every request waits."""
+    prompt, n = _ids(300, 77), 40
+    before = small_pool_server.ssd_stats()
+    out = small_pool_server.generate(prompt, {"temperature": 0, "max_new_tokens": n, "ignore_eos": True})
+    assert out["output_ids"] == hf_greedy(hf_target, prompt, n)
+    after = small_pool_server.ssd_stats()
+
+    def grew(key):
+        return {m: c - before[key].get(m, 0) for m, c in after[key].items() if c - before[key].get(m, 0)}
+
+    rounds = len(out["meta_info"]["ssd_accepted"])
+    tries = -(-rounds // (wire.REFUSAL_RETRY_ROUNDS + 1)) + 1  # Begins: the first decode round, then every 9th
+    assert after["refusal_reasons"]["draft pool full"] - before["refusal_reasons"].get("draft pool full", 0) >= 2
+    modes = grew("mode_steps")
+    assert modes.get("ssd", 0) <= tries, modes
+    assert modes.get("plain", 0) >= rounds - tries, modes
+    ks = {int(d): c for d, c in grew("k_steps").items()}  # (JSON keys)
+    assert ks.get(0, 0) >= rounds - tries, ks  # K = 0: one token per such round
