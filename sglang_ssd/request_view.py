@@ -53,10 +53,10 @@ class DraftView:
             return 0
         return max(0, len(req.origin_input_ids) - SINK - self.window)
 
-    def tokens(self, req, tokens: list[int]) -> list[int]:
+    def tokens(self, req, tokens: list[int], hidden: Optional[int] = None) -> list[int]:
         """The draft's view of `tokens` (a prefix of the request's prompt + output, at least its
-        prompt)."""
-        h = self.hidden(req)
+        prompt); `hidden`: self.hidden(req), where the caller has it."""
+        h = self.hidden(req) if hidden is None else hidden
         return tokens if not h else tokens[:SINK] + tokens[SINK + h:]
 
     def committed(self, req, seq_len: int) -> int:
@@ -66,14 +66,15 @@ class DraftView:
     def begin(self, req, tokens: list[int], pending: int) -> wire.Begin:
         """The draft learns a request: its committed tokens, the token pending verification, its law."""
         h = self.hidden(req)
-        return wire.Begin(rid=req.rid, prompt=self.tokens(req, tokens), pending=int(pending),
+        return wire.Begin(rid=req.rid, prompt=self.tokens(req, tokens, h), pending=int(pending),
                           sampling=sampling_of(req, h), **grammar_of(req, h))
 
     def warm(self, req, first: bool) -> wire.Warm:
         """A request about to be prefilled; `first`: the draft may pre-draft its first speculations
         (not under a grammar, whose state the Begin starts)."""
-        return wire.Warm(rid=req.rid, prompt=self.tokens(req, list(req.origin_input_ids) + list(req.output_ids)),
-                         sampling=sampling_of(req, self.hidden(req)), first=first and not grammar_of(req))
+        h = self.hidden(req)
+        return wire.Warm(rid=req.rid, prompt=self.tokens(req, list(req.origin_input_ids) + list(req.output_ids), h),
+                         sampling=sampling_of(req, h), first=first and not grammar_of(req))
 
 
 def begin_of(req, prompt: list[int], pending: int) -> wire.Begin:
