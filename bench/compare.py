@@ -24,7 +24,9 @@ the length in the report.
 
 Protocol "pinned" (the paper's): every process of the target server on core 0 (STANDALONE's draft
 runs inside it), SSD's draft process moved to core 1, the client on core 1; "shared" lets every
-process use every core. Reports (bench/report.py): markdown tables on stdout, JSON (--out), a PNG
+process use every core. With --starts N every server is started N times, the modes in alternating
+order (ABBA), and each cell pools the requests of every start (on the 2-core VM here one server's
+decode step moved by up to 1.5x from one start to the next: bench/step_noise.py). Reports (bench/report.py): markdown tables on stdout, JSON (--out), a PNG
 of tokens/s per mode and one of throughput vs concurrency; greedy outputs of every mode are checked
 token for token against AR's.
 """
@@ -110,6 +112,9 @@ def parse_args() -> argparse.Namespace:
                     "comma list of fixed K to tune over")
     ap.add_argument("--ngram-tokens", type=int, default=5, help="NGRAM's --speculative-num-draft-tokens")
     ap.add_argument("--ssd-args", default="", help="extra flags for the SSD (and sync-SD) server")
+    ap.add_argument("--starts", type=int, default=1, help="fresh starts of every server, in alternating order "
+                    "(ABBA), each cell pooling every start's requests: on the 2-core VM here one server's decode "
+                    "step moved by up to 1.5x from one start to the next (bench/step_noise.py)")
     ap.add_argument("--tune-prompts", type=int, default=1)
     ap.add_argument("--tune-tokens", type=int)
     ap.add_argument("--target", type=Path, help="a local target directory instead of the pair's (with --draft)")
@@ -140,6 +145,12 @@ def sizing_text(args, sets, temps, levels, conc_sets, sd_candidates, lengths, ct
             f"{args.prompts} prompt(s) per set one at a time x {len(sets)} sets ({', '.join(sets)}) x T={temps}"
             f"{conc}; {args.max_new_tokens} new tokens per request, EOS ignored{tune}. "
             "Raise --prompts / --max-new-tokens for tighter numbers.")
+
+
+def without_raw(res: dict) -> dict:
+    """The results as written: each mode's per-start requests (modes.measure's "raw") left out."""
+    return res | {"protocols": {p: {m: {k: v for k, v in r.items() if k != "raw"} for m, r in by.items()}
+                                for p, by in res["protocols"].items()}}
 
 
 def grow_kv_pool(server_args: list[str], tokens: int) -> None:
@@ -201,12 +212,13 @@ def main() -> None:
            "labels": {m: servers.LABELS[m] for m in run_modes}, "steps": steps, "tuning": {}, "errors": {},
            "sets": sets, "temperatures": temps, "concurrency": [1, *levels], "concurrent_sets": conc_sets,
            "prompts_per_set": args.prompts, "max_new_tokens": args.max_new_tokens, "sizing": sizing,
+           "starts": args.starts,
            "prompt_tokens": lengths, "context_concurrency": ctx_levels, "context_prompt_tokens": ctx_tokens,
            "ssd_args": servers.SSD_EXTRA, "protocol_text": {p: PROTOCOL_TEXT[p] for p in protocols},
            "protocols": {}, "logs": str(logdir), "complete": False}
     n_tune = args.tune_prompts * sum(len(c) for m, c in (("sd", sd_candidates), ("ssd", ssd_candidates))
                                      if m in run_modes and len(c) > 1)
-    bar = tqdm(total=n_tune + len(protocols) * len(run_modes) * modes.n_requests(cells), desc="requests",
+    bar = tqdm(total=n_tune + args.starts * len(protocols) * len(run_modes) * modes.n_requests(cells), desc="requests",
                unit="req", dynamic_ncols=True)
     t_start, my_cpus = time.perf_counter(), os.sched_getaffinity(0)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -214,14 +226,18 @@ def main() -> None:
         pinned = proto == "pinned"
         os.sched_setaffinity(0, {1} if pinned else my_cpus)  # pinned: the client stays off the target's core
         res["protocols"][proto], res["errors"][proto] = {}, {}
-        for mode in run_modes:
-            if proto == "shared" and "pinned" in protocols and mode not in args.shared_modes.split(","):
+        proto_modes = [m for m in run_modes if not (proto == "shared" and "pinned" in protocols
+                                                    and m not in args.shared_modes.split(","))]
+        # --starts N: every mode started N times, alternating the order (ABBA), each cell pooling
+        # every start's requests: one start per mode measured the start as much as the mode here
+        for mode in [m for i in range(args.starts) for m in (proto_modes if i % 2 == 0 else proto_modes[::-1])]:
+            if mode in res["errors"][proto]:
                 continue
             start = lambda n, mode=mode: servers.start_checked(target, draft, mode, n, pinned, logdir,  # noqa: E731
                                                                warmup)
             try:
                 run = None
-                if mode in ("sd", "ssd") and proto == protocols[0]:
+                if mode in ("sd", "ssd") and proto == protocols[0] and mode not in res["tuning"]:
                     cands = sd_candidates if mode == "sd" else ssd_candidates
                     steps[mode], res["tuning"][mode], run = modes.tune(start, mode, cands, tune_prompts,
                                                                        args.tune_tokens, bar, log)
@@ -234,14 +250,15 @@ def main() -> None:
                 continue
             log(f"[compare] {proto}/{mode} (steps {steps[mode]}) up in {run.startup_s:.0f} s")
             try:
-                res["protocols"][proto][mode] = modes.measure(run, cells, args.max_new_tokens, bar)
+                res["protocols"][proto][mode] = modes.measure(run, cells, args.max_new_tokens, bar,
+                                                              res["protocols"][proto].get(mode))
             except Exception:
                 log(f"[compare] {proto}/{mode} FAILED:\n{traceback.format_exc()}\nlog tail: "
                     f"{servers._tail(run.log_path)}")
                 raise
             finally:
                 run.stop()
-            args.out.write_text(json.dumps(res, indent=1))  # partial results, in case of a stop
+            args.out.write_text(json.dumps(without_raw(res), indent=1))  # partial results, in case of a stop
     os.sched_setaffinity(0, my_cpus)
     bar.close()
     res["wall_min"] = (time.perf_counter() - t_start) / 60
@@ -249,7 +266,7 @@ def main() -> None:
     report.add_equal_cores(res)
     res["greedy_mismatches"] = report.check_greedy(res)
     res["verdict"] = report.verdict(res)
-    args.out.write_text(json.dumps(res, indent=1))
+    args.out.write_text(json.dumps(without_raw(res), indent=1))
     try:
         pngs = report.plot(res, args.out.with_suffix(".png"))
     except Exception as e:

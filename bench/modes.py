@@ -60,10 +60,16 @@ def n_requests(cells: list[Cell]) -> int:
     return sum(len(c.prompts) for c in cells)
 
 
-def measure(run: servers.Run, cells: list[Cell], max_new: int, bar) -> dict:
-    """Serve every cell; results[concurrency][temperature][set] = servers.summarize_concurrent(...)."""
+def measure(run: servers.Run, cells: list[Cell], max_new: int, bar, earlier: dict | None = None) -> dict:
+    """Serve every cell; results[concurrency][temperature][set] = servers.summarize_concurrent(...).
+    `earlier`: this mode's results from earlier server starts (compare.py --starts): each cell's
+    figures then pool every start's requests (tokens over time, counters summed), not a mean of
+    means, and its outputs are every start's in order."""
     res = {"startup_s": run.startup_s, "steps": run.steps, "draft_pid": run.draft_pid,
-           "draft_cpus_allowed": run.draft_cpus, "log": str(run.log_path), "cells": {}}
+           "draft_cpus_allowed": run.draft_cpus, "log": str(run.log_path), "cells": {}, "raw": {}}
+    # (startup_s stays one number, the latest start's, for the report; starts_startup_s lists all)
+    if earlier is not None:  # every start's start-up time, in order
+        res["starts_startup_s"] = [*(earlier.get("starts_startup_s") or [earlier["startup_s"]]), run.startup_s]
     run.pin_draft()
     for cell in cells:
         before = servers.ssd_counters(run)
@@ -71,11 +77,32 @@ def measure(run: servers.Run, cells: list[Cell], max_new: int, bar) -> dict:
         bar.update(len(cell.prompts))
         after = servers.ssd_counters(run)
         run.pin_draft()  # a restarted draft gets a new PID
-        summ = servers.summarize_concurrent(recs, wall, before, after)
-        summ["outputs"] = [r["output_ids"] for r in recs]
+        key = f"{cell.concurrency}/{cell.temp}/{cell.set}"
+        raw = {"recs": recs, "wall": wall, "counters": servers.counter_delta(before, after)}
+        if earlier is not None:
+            raw = pool_raw(earlier["raw"][key], raw)
+        res["raw"][key] = raw
+        summ = servers.summarize_concurrent(raw["recs"], raw["wall"], *_as_before_after(raw["counters"]))
+        summ["outputs"] = [r["output_ids"] for r in raw["recs"]]
+        summ["starts"] = raw.get("starts", 1)
         res["cells"].setdefault(str(cell.concurrency), {}).setdefault(str(cell.temp), {})[cell.set] = summ
     res["draft_cpus_allowed"] = run.draft_cpus
     return res
+
+
+def pool_raw(a: dict, b: dict) -> dict:
+    """One cell's requests from two server starts as one: requests concatenated, wall times and
+    SSD counters summed."""
+    return {"recs": a["recs"] + b["recs"], "wall": a["wall"] + b["wall"],
+            "counters": servers.counter_sum(a["counters"], b["counters"]), "starts": a.get("starts", 1) + 1}
+
+
+def _as_before_after(delta: dict) -> tuple[dict, dict]:
+    """(before, after) counters whose difference is `delta` (summarize() takes the two)."""
+    if not delta:
+        return {}, {}
+    zero = {k: 0.0 for k in servers.SSD_COUNTERS} | {"k_steps": {}, "mode_steps": {}}
+    return zero, delta
 
 
 def tune(start, mode: str, candidates: list[int], prompts: list[list[int]], tokens: int, bar, log):

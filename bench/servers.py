@@ -120,6 +120,29 @@ def ssd_counters(run: Run) -> dict:
                                                              "mode_steps": s.get("mode_steps") or {}}
 
 
+def counter_delta(before: dict, after: dict) -> dict:
+    """What a cell added to a server's SSD counters ({} for a server without them)."""
+    if not before:
+        return {}
+    d = {k: after[k] - before[k] for k in SSD_COUNTERS}
+    for key in ("k_steps", "mode_steps"):
+        d[key] = {m: n - before.get(key, {}).get(m, 0) for m, n in after.get(key, {}).items()
+                  if n - before.get(key, {}).get(m, 0) > 0}
+    d["fanout"] = after.get("fanout")
+    return d
+
+
+def counter_sum(a: dict, b: dict) -> dict:
+    """Two cells' counter_delta()s as one."""
+    if not a or not b:
+        return a or b
+    s = {k: a[k] + b[k] for k in SSD_COUNTERS}
+    for key in ("k_steps", "mode_steps"):
+        s[key] = {m: a[key].get(m, 0) + b[key].get(m, 0) for m in {*a[key], *b[key]}}
+    s["fanout"] = b.get("fanout")
+    return s
+
+
 def summarize(recs: list[dict], before: dict, after: dict) -> dict:
     toks = sum(r["tokens"] for r in recs)
     dec_t = sum(r["tokens"] - 1 for r in recs)

@@ -243,6 +243,20 @@ class TargetCores:
         self.threads.use(n, s.all if n > len(s.target) else s.target)
         return n, measuring
 
+    def each_count(self) -> list:
+        """[(threads, apply)] for every thread count a target forward may run on, apply() putting
+        this process on it (target_prior.measure); threads 0 stands for the one count of a server
+        without a split (the cost model's key for it). restore() afterwards."""
+        s = self.split
+        if not s.active:
+            return [(0, lambda: None)]
+        return [(len(cpus), lambda cpus=cpus: self.threads.use(len(cpus), cpus)) for cpus in (s.all, s.target)]
+
+    def restore(self) -> None:
+        """Back to the target's own cores (as at start)."""
+        if self.split.active:
+            self.threads.use(len(self.split.target), self.split.target)
+
     def describe(self):
         """For the statistics' config: the cores, or why there is no split."""
         s = self.split

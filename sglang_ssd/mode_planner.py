@@ -18,8 +18,9 @@ then every `every` rounds: the planner moves to a measured mode only when that m
 a margin larger than the noise of both measurements (hysteresis: no flapping), visits a mode not
 measured recently at once when a prediction says it is better (plain from the decode step measured
 on this machine, round_costs.py; sync when SSD's tree outlasts the verify, or when a verify on more
-cores than SSD's target has would save more than drafting just in time costs), starts a bucket it
-never served in the mode the cost model predicts faster, and otherwise probes a mode now and then while it could be close (a mode that
+cores than SSD's target has would save more than drafting just in time costs; sync from plain
+rounds when the cost model's verify plus the draft's just-in-time estimate beats them), starts a
+bucket it never served in the mode the cost model predicts faster, and otherwise probes a mode now and then while it could be close (a mode that
 cannot be predicted, such as a bucket's plain rounds before its first plain step, or SSD seen from
 plain rounds, always could), at intervals that double while probes lose (their cost stays bounded)
 and reset on a win. Plain rounds vary little (one token per request), so their probe is short.
@@ -302,8 +303,11 @@ class ModePlanner:
             # mode measured. So sync is worth a visit only when SSD's tree overruns or its verify
             # would be faster on more cores. From plain rounds, SSD is probed first.
             ssd = b.meters.get("ssd")
-            if b.mode != "ssd" or ssd is None:
-                return "no", 0.0
+            if b.mode != "ssd" or ssd is None:  # from plain rounds (or an SSD never measured): by the
+                predicted = self.sync_rate(b)  # cost model and the draft's just-in-time estimate
+                if predicted is None:
+                    return "no", 0.0
+                return ("now" if predicted > here.rate * (1 + MARGIN) else "no"), predicted
             n = ssd.rounds
             v_ssd = ssd.verify_s / n
             v_sync = min(v_ssd, self.costs.fastest(b.size, self.depth.k + 1, others=True) or v_ssd)
@@ -318,6 +322,34 @@ class ModePlanner:
                 return "no", 0.0
             return ("now" if bound > best * (1 + MARGIN) else "no"), bound
         return "maybe", 0.0  # ssd, from a mode that cannot predict it
+
+    def sync_rate(self, b: _Bucket) -> Optional[float]:
+        """A sync round's predicted rate in bucket `b` without a visit: the chain's expected tokens
+        at the acceptance measured, over the verify at its fastest thread count (the draft idles
+        during it) plus drafting just in time (the draft's estimate: this bucket's latest, else
+        the nearest bucket's); None when either is unknown. From plain rounds on the 2-core EPYC at
+        4 requests, T=0.7: plain 6.9 tokens/s a request, sync 7.5, SSD 3.8 (its verify on one
+        core, 842 ms): probing SSD first cost 6 rounds of 1.05 s, and sync was never tried."""
+        k = self.depth.k
+        verify = self.costs.fastest(b.size, k + 1)
+        jit = self._jit(b)
+        if verify is None or jit is None or self.depth.observed < 1:
+            return None
+        return expected_tokens(self.depth.accept, k) / (verify + jit)
+
+    def _jit(self, b: _Bucket) -> Optional[float]:
+        """The draft's estimate of drafting a round of this bucket just in time (seconds): its own,
+        else the nearest bucket's scaled by the square root of the batch sizes' ratio (on the
+        2-core EPYC 152 / 203 / 260 / 345-388 ms at 1 / 2 / 4 / 8 requests; taken flat from 4
+        requests, 8 requests' sync rounds were predicted 1.2x faster than they ran, and a burst
+        of 8 started in sync rounds that only tied plain ones)."""
+        key = bucket_of(b.size)
+        have = [(abs(kk - key), -kk, x.size, m.jit_s / m.jit_rounds) for kk, x in self._buckets.items()
+                for m in x.meters.values() if m.jit_rounds]
+        if not have:
+            return None
+        _, _, size, jit = min(have)
+        return jit * math.sqrt(max(b.size, 1) / max(size, 1))
 
     def plain_rate(self, here: _Meter, batch_size: int) -> Optional[float]:
         """A plain round's predicted rate from a speculating mode's visit: the round without its
@@ -373,10 +405,12 @@ class ModePlanner:
         return b
 
     def _predicted_first(self, batch_size: int) -> Optional[str]:
-        """ssd or plain for a bucket never served, from the forwards other buckets measured
-        (RoundCosts.predict: a line in tokens per forward) and the acceptance measured so far:
-        SSD's round at best costs its verify (a tree hidden behind it), a plain round its decode
-        step at the faster thread count. None when the model cannot tell yet. At 32 requests on a
+        """ssd, sync or plain for a bucket never served, from the forwards other buckets measured
+        (RoundCosts.predict: the start-up prior scaled to them, or a line in tokens per forward)
+        and the acceptance measured so far: SSD's round at best costs its verify (a tree hidden
+        behind it), a plain round its decode step at the faster thread count, a sync round its
+        verify at the faster count plus the draft's just-in-time estimate (sync_rate), chosen only
+        when it beats both by the margin. None when the model cannot tell yet. At 32 requests on a
         2-core CPU a verify of 5 tokens each took 2.35 s on the target's one core, a decode step
         0.38 s on both: plain from the bucket's first round instead of after a decision and a probe."""
         if "ssd" not in self.allowed or "plain" not in self.allowed:
@@ -387,7 +421,11 @@ class ModePlanner:
         if step is None or verify is None or self.depth.observed < 1:
             return None
         ssd = expected_tokens(self.depth.accept, k) / (verify * self._round_per_verify())
-        return "plain" if 1.0 / step > ssd * (1 + MARGIN) else "ssd"
+        first = "plain" if 1.0 / step > ssd * (1 + MARGIN) else "ssd"
+        sync = self.sync_rate(_Bucket(mode=first, size=batch_size)) if "sync" in self.allowed else None
+        if sync is not None and sync > max(ssd, 1.0 / step) * (1 + MARGIN):
+            return "sync"
+        return first
 
     def _round_per_verify(self) -> float:
         """SSD's round over its verify, measured over every bucket's SSD visits (1 before any): the

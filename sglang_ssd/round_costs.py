@@ -20,6 +20,12 @@ The draft's own half of a round (its forward cost by tokens, the tree by branche
 the hit rate by budget) is measured where it runs, in the draft process (tree_budget.py), which
 gets this model's verify with every Step.
 
+Before a forward is measured anywhere near, a CPU server's prior answers (target_prior.py: the
+target's linear layers timed at start per row count and thread count, before the draft runs),
+scaled to this server's forwards by the median ratio of those measured to the prior: a sync
+verify on the draft's cores too, or a plain step, is then predicted from the first rounds instead
+of after the mode planner visited it (`predict`, `fastest`, `step_predicted`).
+
 On a CPU server whose target borrows the draft's cores while the draft is idle (cpu_cores.py),
 target forwards are also keyed by the torch threads they ran on: `speculating` is the count of
 SSD rounds (the verify automatic K and the tree sizing read), a plain step is the fastest count
@@ -94,6 +100,42 @@ class RoundCosts:
         self._target: dict[int, _Series] = {}  # threads -> (bucket, width) -> target forward seconds
         self._raw: dict[int, deque] = {}  # threads -> latest (batch size x width, seconds)
         self._tree = _Series(recent)  # (bucket, K) -> draft tree seconds
+        self.prior: dict[int, list[tuple[int, float]]] = {}  # threads -> [(tokens, seconds)] (target_prior.py)
+
+    def set_prior(self, prior: dict[int, dict[int, float]]) -> None:
+        """The target's linear layers timed at start: {threads: {tokens per forward: seconds}}."""
+        self.prior = {int(t): sorted((int(n), float(v)) for n, v in p.items()) for t, p in prior.items() if p}
+
+    def _prior_at(self, threads: int, tokens: int) -> Optional[float]:
+        """The prior at `tokens`: linear between the timed row counts, along the last two beyond."""
+        pts = self.prior.get(threads)
+        if not pts:
+            return None
+        if tokens <= pts[0][0] or len(pts) == 1:
+            return pts[0][1]
+        for (a, ta), (b, tb) in zip(pts, pts[1:]):
+            if tokens <= b:
+                return ta + (tb - ta) * (tokens - a) / (b - a)
+        (a, ta), (b, tb) = pts[-2], pts[-1]
+        return tb + max(0.0, (tb - ta) / (b - a)) * (tokens - b)
+
+    def _prior_scale(self, threads: int) -> Optional[float]:
+        """Measured over prior: the median over this count's latest forwards, else over every
+        count's (None before any forward was measured)."""
+        def ratios(t):
+            return [sec / at for n, sec in self._raw.get(t, ()) if (at := self._prior_at(t, n))]
+
+        r = ratios(threads) if threads in self.prior else []
+        if not r:
+            r = [x for t in self._raw if t in self.prior for x in ratios(t)]
+        return statistics.median(r) if r else None
+
+    def from_prior(self, threads: int, tokens: int) -> Optional[float]:
+        """A forward of `tokens` tokens on `threads` threads by the prior, scaled to what this
+        server's forwards measured; None without a prior for that count or a forward measured."""
+        at = self._prior_at(threads, tokens)
+        scale = self._prior_scale(threads) if at is not None else None
+        return None if scale is None else at * scale
 
     def _series(self, threads: Optional[int]) -> Optional[_Series]:
         return self._target.get(self.speculating if threads is None else threads)
@@ -162,7 +204,7 @@ class RoundCosts:
 
     def predict(self, batch_size: int, width: int, threads: Optional[int] = None) -> Optional[float]:
         """A forward in a bucket that may not have measured it: forward() where it can, else the
-        line in tokens per forward (batch size x width: a forward reads the weights once and
+        prior scaled to the forwards measured (from_prior), else the line in tokens per forward (batch size x width: a forward reads the weights once and
         computes per token) through this thread count's forwards in every bucket, else (a thread
         count measured at one token count only, e.g. plain steps at one batch size) another count's
         line scaled by the two counts' ratio where both were measured; None when nothing relates."""
@@ -171,6 +213,9 @@ class RoundCosts:
             return got
         t = self.speculating if threads is None else threads
         tokens = batch_size * width
+        prior = self.from_prior(t, tokens)
+        if prior is not None:
+            return prior
         line = self._line(t, tokens)
         if line is not None or t not in self._raw:
             return line
@@ -190,7 +235,7 @@ class RoundCosts:
     def fastest(self, batch_size: int, width: int, others: bool = False) -> Optional[float]:
         """predict() at the thread count that makes this forward cheapest (None: unpredictable);
         `others`: among the counts other than the speculating one only."""
-        counts = [t for t in self._target if not (others and t == self.speculating)]
+        counts = [t for t in {*self._target, *self.prior} if not (others and t == self.speculating)]
         preds = [x for x in (self.predict(batch_size, width, t) for t in counts) if x is not None]
         return min(preds) if preds else None
 
@@ -202,7 +247,7 @@ class RoundCosts:
         got = self.step(batch_size)
         if got is not None:
             return got
-        if any(t not in self._raw for t in self.counts):
+        if any(t not in self._raw and self.from_prior(t, batch_size) is None for t in self.counts):
             return None
         return self.fastest(batch_size, 1)
 
@@ -242,6 +287,12 @@ class RoundCosts:
         if len(self._target) <= 1:
             return next(iter(self._target.values())).table() if self._target else {}
         return {f"threads{t}": s.table() for t, s in sorted(self._target.items())}
+
+    def prior_table(self) -> dict:
+        """The prior (ms by tokens per forward, per thread count) and its scale to the forwards measured."""
+        return {f"threads{t}": {"ms": {n: round(1e3 * v, 3) for n, v in pts},
+                                "scale": None if (sc := self._prior_scale(t)) is None else round(sc, 3)}
+                for t, pts in sorted(self.prior.items())}
 
     def tree_table(self) -> dict:
         """Per bucket, ms per draft tree at each measured depth."""

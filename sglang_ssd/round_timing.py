@@ -92,3 +92,4 @@ class RoundTiming:
                 self.stats.auto_k = depth.table()
             self.stats.modes = self.planner.table()
             self.stats.target_ms = self.planner.costs.table()
+            self.stats.target_prior = self.planner.costs.prior_table()

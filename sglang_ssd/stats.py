@@ -63,6 +63,7 @@ class SSDStats:
     resyncs: int = 0  # requests the draft was brought back in sync with (after a pause or a restart)
     resync_s: float = 0.0  # rounds' waits for those resyncs
     target_ms: dict = field(default_factory=dict)  # per batch-size bucket, ms per target forward by width (round_costs.py)
+    target_prior: dict = field(default_factory=dict)  # CPU: the target's linear layers timed at start, and their scale (target_prior.py)
     verify_graphs: dict = field(default_factory=dict)  # the target's verify graph replays and eager rounds by reason (GPU)
     target_threads: dict = field(default_factory=dict)  # CPU core split: target forwards per kind (prefill, ssd, sync, plain) and torch threads
 
@@ -158,6 +159,7 @@ class SSDStats:
         d["auto_k"] = {b: dict(v) for b, v in self.auto_k.items()}
         d["modes"] = {b: dict(v) for b, v in self.modes.items()}
         d["target_ms"] = {b: dict(v) for b, v in self.target_ms.items()}
+        d["target_prior"] = {t: dict(v) for t, v in self.target_prior.items()}
         d["mode_steps"] = dict(self.mode_steps)
         d["target_threads"] = {kind: dict(v) for kind, v in self.target_threads.items()}
         d["resync_ms_per_request"] = 1e3 * self.resync_s / self.resyncs if self.resyncs else None

@@ -26,7 +26,7 @@ from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
 from sglang.srt.speculative.ngram_info import NgramVerifyInput
 
 from sglang_ssd import stats as ssd_stats
-from sglang_ssd import wire
+from sglang_ssd import target_prior, wire
 from sglang_ssd.auto_k import DepthController
 from sglang_ssd.backup import ngram_propose
 from sglang_ssd.config import choose_depth, get_config
@@ -94,6 +94,13 @@ class SSDWorker(BaseSpecWorker):
         if str(server_args.device) == "cpu":
             logger.info("SSD on CPU: %s", split.describe())
         self.cores = TargetCores(split, self.planner.costs)
+        if str(server_args.device) == "cpu" and self.cfg.mode == "auto":
+            # before the draft runs: the linear layers timed per thread count, the cost model's prior
+            # (a sync verify on every core, a plain step: predicted from the first rounds)
+            try:
+                self.planner.costs.set_prior(target_prior.measure(self.model_runner.model, self.cores.each_count()))
+            finally:
+                self.cores.restore()
         if self.tp_rank == 0:
             self.client = self._start_draft(server_args, gpu_id)
             self._generation = self.client.generation

@@ -100,3 +100,47 @@ def test_equal_cores_takes_each_modes_better_configuration():
     assert report.tables(res).index("Equal cores") < report.tables(res).index("### pinned")
     assert "batch 1, equal): SSD/best AR >= 1.6x: measured 1.20x" in report.verdict(res)[0]
     assert "default draft dtype / STANDALONE: measured 1.20x" in report.verdict(res)[0]
+
+
+class _FakeRun:
+    """A servers.Run stand-in: every request takes 1 s after a 0.25 s first token (x `slow`), the
+    SSD counters advance by 10 steps and 8 lookups (6 hits) a cell."""
+
+    mode, steps, draft_pid, draft_cpus, log_path = "ssd", 0, None, None, "log"
+
+    def __init__(self, slow: float, startup_s: float = 30.0):
+        self.slow, self.startup_s, self.n = slow, startup_s, 0
+
+        class _Server:
+            def ssd_stats(inner):
+                z = {k: 0 for k in __import__("servers").SSD_COUNTERS}
+                return z | {"steps": 10 * self.n, "lookups": 8 * self.n, "hits": 6 * self.n,
+                            "k_steps": {"4": 10 * self.n}, "mode_steps": {"ssd": 10 * self.n}}
+        self.server = _Server()
+
+    def pin_draft(self):
+        pass
+
+    def generate_many(self, prompts, temp, max_new, concurrency):
+        self.n += 1
+        recs = [{"tokens": 9, "e2e_s": self.slow, "ttft_s": 0.25 * self.slow, "verify_ct": 3,
+                 "output_ids": list(p)} for p in prompts]
+        return recs, self.slow * (1 if concurrency > 1 else len(prompts))
+
+
+def test_several_starts_pool_every_requests_time_not_a_mean_of_means():
+    """compare.py --starts: a cell measured on a fast start (1 s a request) and a slow one (3 s)
+    reports the pooled figures: 16 decode tokens over 0.75 + 2.25 s, not the mean of 10.7 and
+    3.6 tokens/s; counters summed over both starts; outputs of both starts in order."""
+    cells = modes.plan({"humaneval": [[1, 2], [3, 4]]}, [0.0], 1, [], [], [])
+    bar = type("Bar", (), {"update": lambda self, n: None})()
+    first = modes.measure(_FakeRun(1.0), cells, 9, bar)
+    both = modes.measure(_FakeRun(3.0, startup_s=40.0), cells, 9, bar, first)
+    one = first["cells"]["1"]["0.0"]["humaneval"]
+    got = both["cells"]["1"]["0.0"]["humaneval"]
+    assert one["decode_tok_s"] == pytest.approx(8 / 0.75) and one["starts"] == 1
+    assert got["decode_tok_s"] == pytest.approx(16 / 3.0) and got["starts"] == 2
+    assert got["tokens"] == 18 and got["outputs"] == [[1, 2], [1, 2]]
+    assert got["hit_rate"] == pytest.approx(0.75) and got["rounds"] == 20
+    assert got["k_steps"] == {"4": 20} and got["mode_steps"] == {"ssd": 20}
+    assert both["starts_startup_s"] == [30.0, 40.0]

@@ -457,14 +457,16 @@ class SplitWorld(World):
     forwards on both (the draft idles during them)."""
 
     THREADS = {"ssd": 1, "sync": 2, "plain": 2}
+    TREE_OVERRUNS = False  # True: SSD's waits are for trees that outlast the verify
 
     def round(self, planner: ModePlanner, bs: int = 1) -> str:
         mode, k = planner.plan(bs)
         e, r, v, w = self.modes[mode]
         f = 1.0 + self.rng.uniform(-self.noise, self.noise)
         acc = [min(int(e - 1), k) if mode != "plain" else 0] * bs
+        overrun = w * f if self.TREE_OVERRUNS and mode == "ssd" else 0.0
         planner.observe(mode, k, bs, acc, verify_s=v * f, round_s=r * f, wait_s=w * f, tree_s=v * 0.5, tree_k=k,
-                        overrun_s=0.0, jit_s=self.jit if mode != "plain" else 0.0, threads=self.THREADS[mode])
+                        overrun_s=overrun, jit_s=self.jit if mode != "plain" else 0.0, threads=self.THREADS[mode])
         return mode
 
 
@@ -595,3 +597,100 @@ def test_a_new_bucket_weighs_ssd_by_the_round_its_verify_is_part_of():
     e = expected_tokens(p.depth.accept, K)
     assert e / 0.55 * (1 + 0.05) > 1 / 0.18 > e / (0.55 * 1.3) * (1 + 0.05)  # a tie on the verify alone
     assert p.plan(8)[0] == "plain"
+
+
+PRIOR = {1: {1: 0.20, 2: 0.21, 4: 0.22, 8: 0.30, 16: 0.55, 32: 1.05},  # the target's linears by rows,
+         2: {1: 0.16, 2: 0.165, 4: 0.17, 8: 0.19, 16: 0.29, 32: 0.54}}  # per thread count (target_prior.py)
+
+
+def test_the_prior_predicts_a_forward_no_round_measured_scaled_to_those_measured():
+    """A count never measured (two threads) is its prior times the median of measured over prior on
+    the counts that were (one thread), linear between the timed row counts and beyond the last."""
+    from sglang_ssd.round_costs import RoundCosts
+
+    c = RoundCosts(speculating=1)
+    c.counts = (2, 1)
+    assert c.predict(2, 5, threads=2) is None and c.step_predicted(2) is None  # no prior, nothing measured there
+    c.set_prior(PRIOR)
+    assert c.predict(2, 5, threads=2) is None  # a prior, but no forward measured to scale it to
+    c.observe(2, 5, 0.419)  # one thread: 10 tokens, prior 0.3625
+    c.observe(1, 5, 0.253)  # 5 tokens, prior 0.24
+    scale = (0.419 / 0.3625 + 0.253 / 0.24) / 2  # the median of two
+    assert c.predict(2, 5, threads=2) == pytest.approx((0.19 + 0.1 * 2 / 8) * scale)
+    assert c.fastest(2, 5, others=True) == pytest.approx((0.19 + 0.1 * 2 / 8) * scale)
+    assert c.predict(32, 2, threads=2) == pytest.approx((0.54 + 0.25 / 16 * 32) * scale)  # 64 rows: the last slope
+    assert c.step_predicted(2) == pytest.approx(0.165 * scale)  # plain: the faster count, both unmeasured at 2
+    c.observe(2, 1, 0.148, 2)  # measured: the measurement, not the prior
+    assert c.step_predicted(2) == pytest.approx(0.148)
+    assert c.predict(4, 1, threads=2) == pytest.approx(0.17 * 0.148 / 0.165)  # its own count's scale now
+    assert c.prior_table()["threads2"]["ms"][8] == pytest.approx(190.0)
+
+
+class _OverrunSplitWorld(SplitWorld):
+    TREE_OVERRUNS = True
+
+
+def test_with_the_prior_a_two_request_bucket_finds_sync_at_its_first_decision():
+    """The 2-core EPYC at 2 requests, T=0.7 (a trace of 2026-12-07): SSD's verify on the target's
+    one core 419 ms and 128 ms of tree overrun for 4 tokens a request (7.2/s); a sync round, its
+    verify on both cores (215 ms) after 190 ms of drafting, 400 ms (10/s); a plain step on both
+    cores 150 ms (6.7/s). No two-core forward was measured yet: with the prior (the linears timed
+    at start) the two-core verify is predicted, sync is probed at the first decision and kept;
+    without it the planner probed plain (unknown), saw it lose and stayed in SSD rounds: sync,
+    whose verify no line could predict from one-token plain steps, was never tried."""
+    truth = {"ssd": (4.0, 0.554, 0.419, 0.128), "sync": (4.0, 0.40, 0.215, 0.19), "plain": (1.0, 0.15, 0.148, 0.0)}
+
+    def run(prior):
+        p, w = planner(), _OverrunSplitWorld(truth, noise=0.05, jit=0.19)
+        p.costs.speculating, p.costs.counts = 1, (2, 1)
+        if prior:
+            p.costs.set_prior(PRIOR)
+        return [w.round(p, 2) for _ in range(300)], p
+
+    modes, p = run(prior=True)
+    assert modes[FIRST_WINDOW] == "sync"
+    assert modes[-100:].count("sync") > 90 and p.table()["bs2-3"]["mode"] == "sync"
+    modes, p = run(prior=False)
+    assert "sync" not in modes and p.table()["bs2-3"]["mode"] == "ssd"
+
+
+def _served_at_batch_one(jit: bool) -> ModePlanner:
+    """A split server's planner after batch-1 rounds (the trace of 2026-12-07, T=0.7): SSD rounds of
+    390 ms, their verify of 5 tokens on one core 280 ms, plain steps on both 185 ms, acceptance as
+    measured, and (`jit`) sync rounds whose draft estimated 165 ms of drafting just in time."""
+    p = planner()
+    p.costs.speculating, p.costs.counts = 1, (2, 1)
+    p.costs.set_prior(PRIOR)
+    for _ in range(3):
+        p.observe("ssd", K, 1, [3], verify_s=0.28, round_s=0.39, wait_s=0.11)
+    p.costs.observe(1, 1, 0.185, 2)
+    p.depth.observe_acceptance(K, [4, 1, 4, 0, 3, 4, 2, 4] * 4)
+    if jit:
+        p._bucket(1).mode = "sync"
+        for _ in range(3):
+            p.observe("sync", K, 1, [3], verify_s=0.18, round_s=0.35, wait_s=0.165, jit_s=0.165, threads=2)
+    return p
+
+
+def test_a_new_bucket_starts_in_sync_rounds_when_the_cost_model_predicts_them_faster():
+    """Two requests after batch-1 rounds: a sync round predicted from the prior's two-core verify of
+    10 tokens (~220 ms scaled) plus drafting just in time (batch 1's 165 ms times sqrt 2: 3.6
+    tokens in 0.45 s) beats a plain step (~170 ms for one token) and an SSD round (its verify on
+    one core, ~420 ms, times SSD's measured round-to-verify ratio 1.39): the bucket starts in sync.
+    Without the draft's estimate sync cannot be predicted: plain or SSD."""
+    assert _served_at_batch_one(jit=True)._bucket(2).mode == "sync"
+    assert _served_at_batch_one(jit=False)._bucket(2).mode in ("plain", "ssd")
+
+
+def test_a_plain_bucket_probes_sync_when_the_cost_model_predicts_it_faster():
+    """A bucket in plain rounds (5.6 tokens/s a request measured) whose sync round is predicted
+    faster is probed in sync at its next decision (no SSD probe first: on the 2-core EPYC an SSD
+    probe at 4 requests cost 6 rounds of 1.05 s for 4 tokens a request)."""
+    p = _served_at_batch_one(jit=True)
+    b = p._bucket(2)
+    b.mode = "plain"
+    for _ in range(FIRST_WINDOW):
+        p.observe("plain", 0, 2, [0, 0], verify_s=0.17, round_s=0.178, threads=2)
+    assert b.mode == "sync" and b.probing == "plain"
+    assert p.sync_rate(b) > 1.05 / 0.178
+    assert p._jit(b) == pytest.approx(0.165 * 2 ** 0.5)  # batch 1's estimate, scaled to 2 requests

@@ -144,3 +144,15 @@ def _plain_rounds_serve_what_sglang_serves(srv, plain, hf_target):
                 assert [x[0] for x in ma[key]] == pytest.approx([x[0] for x in mb[key]], abs=1e-4)
     top_a, top_b = pairs[0][0]["meta_info"]["output_top_logprobs"], pairs[0][1]["meta_info"]["output_top_logprobs"]
     assert [[t[1] for t in row] for row in top_a] == [[t[1] for t in row] for row in top_b]
+
+
+def test_the_target_prior_is_timed_at_start_and_scaled_to_the_rounds_served(server):
+    """The target's linear layers were timed at start for every thread count its forwards may run
+    on (target_prior.py), at 1-32 rows; once rounds were served the prior is scaled to them."""
+    server.generate(PROMPTS[1], {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True})
+    prior = server.ssd_stats()["target_prior"]
+    assert prior and all(k.startswith("threads") for k in prior)
+    for row in prior.values():
+        ms = {int(n): v for n, v in row["ms"].items()}
+        assert sorted(ms) == [1, 2, 4, 8, 16, 32] and all(v > 0 for v in ms.values())
+    assert any(row["scale"] is not None and row["scale"] > 0 for row in prior.values())
