@@ -301,10 +301,11 @@ class ModePlanner:
             # during a sync verify: on a split CPU server the target borrows its cores) in place of
             # SSD's: its rate is about E / (R - overrun - V_ssd + V_sync + J), which must beat every
             # mode measured. So sync is worth a visit only when SSD's tree overruns or its verify
-            # would be faster on more cores. From plain rounds, SSD is probed first.
+            # would be faster on more cores. From plain rounds (no SSD visit to start from) it is
+            # predicted whole, from the cost model and the draft's estimate (sync_rate).
             ssd = b.meters.get("ssd")
-            if b.mode != "ssd" or ssd is None:  # from plain rounds (or an SSD never measured): by the
-                predicted = self.sync_rate(b)  # cost model and the draft's just-in-time estimate
+            if b.mode != "ssd" or ssd is None:
+                predicted = self.sync_rate(b.size)
                 if predicted is None:
                     return "no", 0.0
                 return ("now" if predicted > here.rate * (1 + MARGIN) else "no"), predicted
@@ -323,33 +324,33 @@ class ModePlanner:
             return ("now" if bound > best * (1 + MARGIN) else "no"), bound
         return "maybe", 0.0  # ssd, from a mode that cannot predict it
 
-    def sync_rate(self, b: _Bucket) -> Optional[float]:
-        """A sync round's predicted rate in bucket `b` without a visit: the chain's expected tokens
+    def sync_rate(self, batch_size: int) -> Optional[float]:
+        """A sync round's predicted rate at `batch_size` without a visit: the chain's expected tokens
         at the acceptance measured, over the verify at its fastest thread count (the draft idles
         during it) plus drafting just in time (the draft's estimate: this bucket's latest, else
         the nearest bucket's); None when either is unknown. From plain rounds on the 2-core EPYC at
         4 requests, T=0.7: plain 6.9 tokens/s a request, sync 7.5, SSD 3.8 (its verify on one
         core, 842 ms): probing SSD first cost 6 rounds of 1.05 s, and sync was never tried."""
         k = self.depth.k
-        verify = self.costs.fastest(b.size, k + 1)
-        jit = self._jit(b)
+        verify = self.costs.fastest(batch_size, k + 1)
+        jit = self._jit(batch_size)
         if verify is None or jit is None or self.depth.observed < 1:
             return None
         return expected_tokens(self.depth.accept, k) / (verify + jit)
 
-    def _jit(self, b: _Bucket) -> Optional[float]:
+    def _jit(self, batch_size: int) -> Optional[float]:
         """The draft's estimate of drafting a round of this bucket just in time (seconds): its own,
         else the nearest bucket's scaled by the square root of the batch sizes' ratio (on the
         2-core EPYC 152 / 203 / 260 / 345-388 ms at 1 / 2 / 4 / 8 requests; taken flat from 4
         requests, 8 requests' sync rounds were predicted 1.2x faster than they ran, and a burst
         of 8 started in sync rounds that only tied plain ones)."""
-        key = bucket_of(b.size)
+        key = bucket_of(batch_size)
         have = [(abs(kk - key), -kk, x.size, m.jit_s / m.jit_rounds) for kk, x in self._buckets.items()
                 for m in x.meters.values() if m.jit_rounds]
         if not have:
             return None
         _, _, size, jit = min(have)
-        return jit * math.sqrt(max(b.size, 1) / max(size, 1))
+        return jit * math.sqrt(max(batch_size, 1) / max(size, 1))
 
     def plain_rate(self, here: _Meter, batch_size: int) -> Optional[float]:
         """A plain round's predicted rate from a speculating mode's visit: the round without its
@@ -422,7 +423,7 @@ class ModePlanner:
             return None
         ssd = expected_tokens(self.depth.accept, k) / (verify * self._round_per_verify())
         first = "plain" if 1.0 / step > ssd * (1 + MARGIN) else "ssd"
-        sync = self.sync_rate(_Bucket(mode=first, size=batch_size)) if "sync" in self.allowed else None
+        sync = self.sync_rate(batch_size) if "sync" in self.allowed else None
         if sync is not None and sync > max(ssd, 1.0 / step) * (1 + MARGIN):
             return "sync"
         return first

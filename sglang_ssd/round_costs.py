@@ -204,8 +204,8 @@ class RoundCosts:
 
     def predict(self, batch_size: int, width: int, threads: Optional[int] = None) -> Optional[float]:
         """A forward in a bucket that may not have measured it: forward() where it can, else the
-        prior scaled to the forwards measured (from_prior), else the line in tokens per forward (batch size x width: a forward reads the weights once and
-        computes per token) through this thread count's forwards in every bucket, else (a thread
+        prior scaled to the forwards measured (from_prior), else the line in tokens per forward
+        (batch size x width: a forward reads the weights once and computes per token) through this thread count's forwards in every bucket, else (a thread
         count measured at one token count only, e.g. plain steps at one batch size) another count's
         line scaled by the two counts' ratio where both were measured; None when nothing relates."""
         got = self.forward(batch_size, width, threads)

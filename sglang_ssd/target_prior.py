@@ -18,7 +18,6 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import Optional
 
 import torch
 import torch.nn.functional as F

@@ -692,5 +692,5 @@ def test_a_plain_bucket_probes_sync_when_the_cost_model_predicts_it_faster():
     for _ in range(FIRST_WINDOW):
         p.observe("plain", 0, 2, [0, 0], verify_s=0.17, round_s=0.178, threads=2)
     assert b.mode == "sync" and b.probing == "plain"
-    assert p.sync_rate(b) > 1.05 / 0.178
-    assert p._jit(b) == pytest.approx(0.165 * 2 ** 0.5)  # batch 1's estimate, scaled to 2 requests
+    assert p.sync_rate(2) > 1.05 / 0.178
+    assert p._jit(2) == pytest.approx(0.165 * 2 ** 0.5)  # batch 1's estimate, scaled to 2 requests
