@@ -171,7 +171,7 @@ def _key(dtype: torch.dtype, shape) -> str:
     c = cpu_caps.caps()
     return "|".join([c.model, c.label, c.onednn_max_isa, c.aten_capability, os.environ.get("MKL_ENABLE_INSTRUCTIONS", ""),
                      f"torch{torch.__version__}", f"threads{torch.get_num_threads()}", _DTYPES[dtype],
-                     f"{shape[0]}x{shape[1]}", f"rowdot{int('rowdot' in _candidates(dtype))}"])
+                     f"{shape[0]}x{shape[1]}", f"rowdot{cpu_rowdot.build_tag() if 'rowdot' in _candidates(dtype) else 0}"])
 
 
 def _load_cached(key: str) -> Optional[Plan]:

@@ -15,6 +15,7 @@ there is no compiler or no AVX2+FMA, :func:`available` is False and says why in 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -41,6 +42,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SGLANG_SSD_KERNEL_CACHE", Path.home() / ".cache" / "sglang_ssd" / "kernels"))
 
 
+@functools.lru_cache(maxsize=1)
+def build_tag() -> str:
+    """The kernel's source and flags, hashed: names its build, and keys the kernel choices measured
+    with it (cpu_linear.py), so a changed kernel is measured again."""
+    return hashlib.sha256(_SRC.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:16]
+
+
 def _build() -> Optional[ctypes.CDLL]:
     global reason
     if not cpu_caps.caps().avx2_fma:
@@ -50,9 +58,7 @@ def _build() -> Optional[ctypes.CDLL]:
     if cxx is None:
         reason = "no C++ compiler (g++) on PATH"
         return None
-    src = _SRC.read_bytes()
-    tag = hashlib.sha256(src + " ".join(_FLAGS).encode()).hexdigest()[:16]
-    out = cache_dir() / f"rowdot-{tag}.so"
+    out = cache_dir() / f"rowdot-{build_tag()}.so"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)

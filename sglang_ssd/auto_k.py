@@ -33,6 +33,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from sglang_ssd.request_acceptance import Acceptance
 from sglang_ssd.round_costs import RoundCosts, bucket_label, bucket_of
 
 AUTO_MAX_K = 8  # the deepest tree auto K may choose (and the KV SGLang reserves per round)
@@ -94,7 +95,7 @@ class DepthController:
         self.k, self.k_max, self.k_min, self.auto, self.every = k_init, k_max, k_min, auto, max(1, every)
         self.costs = costs if costs is not None else RoundCosts()  # fed by the mode planner
         self._buckets: dict[int, _Bucket] = {}
-        self._acc, self._rej = 0.0, 0.0
+        self._acceptance = Acceptance()  # over every request, DECAY a judged draft
         self.moves = 0
         self.version = 0  # bumped at every decision and new bucket: when table() has news
         self.allowed: Optional[frozenset] = None  # the depths it may choose (None: k_min..k_max)
@@ -123,25 +124,23 @@ class DepthController:
     @property
     def observed(self) -> float:
         """How much acceptance evidence there is (decayed draft tokens judged)."""
-        return self._acc + self._rej
+        return self._acceptance.observed
 
     @property
     def accept(self) -> float:
         """Per-token acceptance: the truncated geometric MLE (0.5 until measured)."""
-        n = self._acc + self._rej
-        return self._acc / n if n > 0 else 0.5
+        return self._acceptance.value()
 
     @property
     def accept_optimistic(self) -> float:
         """The acceptance with OPTIMISM draft tokens more accepted than measured: what a few rounds
         cannot pin to 0 (4 cold rounds of no acceptance: 0.33; a random draft's 17: 0.11)."""
-        return (self._acc + OPTIMISM) / (self._acc + self._rej + OPTIMISM)
+        return self._acceptance.value(1.0, OPTIMISM)
 
     def observe_acceptance(self, k: int, accepted: list[int]) -> None:
         """Acceptance from rounds K was not measured in (the draft spoke, but no tree was built)."""
         for j in accepted:
-            self._acc = self._acc * DECAY + min(j, k)
-            self._rej = self._rej * DECAY + (1.0 if j < k else 0.0)
+            self._acceptance.add(k, j, DECAY)
 
     def observe(self, k: int, batch_size: int, accepted: list[int], round_s: float) -> int:
         """One verified round at depth k; returns K for the next round.

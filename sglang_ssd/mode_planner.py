@@ -25,16 +25,23 @@ cannot be predicted, such as a bucket's plain rounds before its first plain step
 plain rounds, always could), at intervals that double while probes lose (their cost stays bounded)
 and reset on a win. Plain rounds vary little (one token per request), so their probe is short.
 Measurements age out, so a change of load or of text is noticed. A user's --ssd-mode pins the mode.
+
+Within a speculating bucket, a round whose slowest request would gain fewer tokens per second than
+a plain step gives it is served plain (each request's own acceptance, request_acceptance.py): a
+burst of equal-length requests ends with its slowest, and a user sees their own request's speed.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
 from sglang_ssd.auto_k import DepthController, expected_tokens
+from sglang_ssd.request_acceptance import RequestAcceptance
 from sglang_ssd.round_costs import RoundCosts, bucket_of
 
 MODES = ("ssd", "sync", "plain")
@@ -50,6 +57,8 @@ PLAIN_PROBE = 3  # rounds of a plain probe (its rate hardly varies)
 FIRST_PROBE = {"plain": 1, "sync": 4, "ssd": 8}  # decisions before a first probe without a prediction
 MAX_BACKOFF = 64  # decisions between probes of a mode that keeps losing
 EXPLORE = 0.7  # a mode predicted at this share of the current rate is still probed now and then
+STEADY_ROUNDS = 8  # latest rounds of a visit whose median judges a lagging request (plan()) ...
+MIN_STEADY = 3  # ... once there are this many
 OVERRUN = 0.1  # SSD's wait beyond this share of the verify: its tree is not hidden (probe sync)
 
 
@@ -69,6 +78,7 @@ class _Meter:
     rate_sum: float = 0.0  # per-round rates, for the noise of the mean
     rate_sq: float = 0.0
     age: int = 0  # decisions since the visit ended (0 while it lasts)
+    recent: deque = field(default_factory=lambda: deque(maxlen=STEADY_ROUNDS))  # latest round times
 
     def add(self, req_rounds: int, tokens: float, round_s: float, verify_s: float, wait_s: float,
             overrun_s: float, jit_s: float = 0.0) -> None:
@@ -82,6 +92,7 @@ class _Meter:
         if jit_s > 0:
             self.jit_s += jit_s
             self.jit_rounds += 1
+        self.recent.append(round_s)
         r = tokens / max(req_rounds, 1) / max(round_s, 1e-9)
         self.rate_sum += r
         self.rate_sq += r * r
@@ -94,6 +105,13 @@ class _Meter:
     def rate(self) -> float:
         """Tokens per request per second over the visit."""
         return self.tokens / max(self.req_rounds, 1) / max(self.round_s / max(self.rounds, 1), 1e-9)
+
+    @property
+    def steady_round_s(self) -> Optional[float]:
+        """The median of the latest rounds' times once there are MIN_STEADY (None before): a
+        bucket's first round waits for its requests' first drafts (on the real pair 922 ms
+        against ~350 later), and a request judged by it was served plain for a whole burst."""
+        return statistics.median(self.recent) if len(self.recent) >= MIN_STEADY else None
 
     @property
     def stderr(self) -> float:
@@ -126,6 +144,7 @@ class _Bucket:
     probes: int = 0
     decisions: int = 0
     extended: int = 0  # times the probe in progress was extended (ahead, not yet clearly)
+    lagged: int = 0  # rounds served plain for a request its mode would serve slower (plan())
 
 
 def significantly_better(a: _Meter, b: _Meter, sigmas: float = SIGMAS) -> bool:
@@ -156,16 +175,48 @@ class ModePlanner:
         self._buckets: dict[int, _Bucket] = {}
         self.mode = pinned or "ssd"
         self.version = 0  # bumped at every decision that changes the table
+        self.requests = RequestAcceptance()  # each request's own acceptance (observe_requests)
 
     @property
     def k(self) -> int:
         return self.depth.k
 
-    def plan(self, batch_size: int) -> tuple[str, int]:
-        """(mode, K) for a round of `batch_size` requests; K is 0 for plain rounds."""
+    def plan(self, batch_size: int, rids: tuple = ()) -> tuple[str, int]:
+        """(mode, K) for a round of `batch_size` requests (`rids`: theirs); K is 0 for plain
+        rounds. The bucket's mode, except that a speculating bucket's round is plain while one of
+        `rids` lags (_lags): the bucket stays in its mode, and the round is not judged as its."""
         if self.pinned is None and batch_size >= 1:
-            self.mode = self._bucket(batch_size).mode
+            b = self._bucket(batch_size)
+            self.mode = b.mode
+            if b.mode != "plain" and rids and self._lags(b, batch_size, rids):
+                b.lagged += 1
+                return "plain", 0
         return self.mode, (0 if self.mode == "plain" else self.depth.k)
+
+    def _lags(self, b: _Bucket, batch_size: int, rids) -> bool:
+        """Whether a request of `rids` would gain fewer tokens per second in a round of the
+        bucket's mode (its round as measured: the median of the latest; the chain's expected tokens at the request's own
+        acceptance) than in a plain step (the cost model's) by the margin; a lagging request is
+        released only when it would gain more by the margin (hysteresis)."""
+        m = b.meters.get(b.mode)
+        step = self.costs.step_predicted(batch_size)
+        round_s = None if m is None else m.steady_round_s
+        if round_s is None or step is None:
+            return False
+        k, prior, plain = self.depth.k, self.depth.accept, 1.0 / step
+        lagging = self.requests.lagging
+        for rid in rids:
+            rate = expected_tokens(self.requests.accept(rid, prior), k) / round_s
+            if rate * (1 + MARGIN) < plain:
+                lagging.add(rid)
+            elif rate > plain * (1 + MARGIN):
+                lagging.discard(rid)
+        return any(rid in lagging for rid in rids)
+
+    def observe_requests(self, rids, accepted: list[int], speculated: list[bool], k: int) -> None:
+        """Each request's draft tokens accepted this round, where it was speculated (`k`: the
+        round's depth; 0 for a plain round)."""
+        self.requests.observe(rids, accepted, speculated, k)
 
     def mode_for(self, batch_size: int) -> str:
         """The mode a round of `batch_size` requests would be served in now (plan() without making
@@ -445,7 +496,7 @@ class ModePlanner:
             lo = 1 << (key - 1)
             out[f"bs{lo}-{2 * lo - 1}"] = {
                 "mode": b.mode, "switches": b.switches, "probes": b.probes,
-                "probing": b.probing is not None,
+                "probing": b.probing is not None, "plain_for_lagging": b.lagged,
                 "measured": {m: x.summary() for m, x in sorted(b.meters.items())},
             }
         return out

@@ -61,9 +61,11 @@ class RoundTiming:
 
     def observe(self, mode: str, k: int, batch_size: int, accepted: list[int], unspeculated: list[bool],
                 hits: list[Optional[bool]], verify_s: float, round_s: float, wait_s: float,
-                tree: TreeTimes, threads: Optional[int] = None, typical: bool = True) -> None:
+                tree: TreeTimes, threads: Optional[int] = None, typical: bool = True,
+                rids: Optional[list] = None) -> None:
         """One verified round: draft tokens `accepted` per request (those served without drafts,
-        `unspeculated`, do not count toward speculating modes); `hits` says which requests looked
+        `unspeculated`, do not count toward speculating modes; `rids` the requests, for their own
+        acceptance: ModePlanner.observe_requests); `hits` says which requests looked
         up a pre-drafted speculation (None: none), so the wait was for a tree, not for the draft's
         first drafts of new requests; `threads` the torch threads of its target forward (None:
         the speculating count); `typical` False: not what its mode costs in steady state
@@ -75,6 +77,8 @@ class RoundTiming:
                 "round_ms": round(1e3 * round_s, 2), "verify_ms": round(1e3 * verify_s, 2),
                 "wait_ms": round(1e3 * wait_s, 2), "tree_ms": round(1e3 * tree.tree_s, 2),
                 "accepted": list(accepted), "hits": hits, "typical": typical}) + "\n")
+        if rids is not None:
+            self.planner.observe_requests(rids, accepted, [not p for p in unspeculated], 0 if mode == "plain" else k)
         if self.rounds > COLD_ROUNDS:
             served = accepted if mode == "plain" else [a for a, p in zip(accepted, unspeculated) if not p]
             overrun = wait_s if any(h is not None for h in hits) else 0.0

@@ -395,7 +395,7 @@ class SSDWorker(BaseSpecWorker):
         t_round = time.perf_counter()
         bs = len(batch.reqs)
         self._served += 1
-        mode, k = self.planner.plan(bs)
+        mode, k = self.planner.plan(bs, [r.rid for r in batch.reqs] if self.tp_rank == 0 else ())
         kind = mode
         if (mode != "plain" and bs and (self.tp_group is None or self.tp_group.world_size == 1)
                 and all(self.deferred.get(r.rid, (0,))[0] > self._served for r in batch.reqs)):
@@ -460,7 +460,7 @@ class SSDWorker(BaseSpecWorker):
         self.stats.record_round(res.k, hits, wait, unspeculated, depth=k, mode=mode)
         if self.tp_rank == 0:
             self.timing.observe(mode, k, bs, res.k, unspeculated, hits, took, time.perf_counter() - t_round, wait,
-                                tree, threads, typical=not measuring)
+                                tree, threads, typical=not measuring, rids=[r.rid for r in batch.reqs])
         if self.metrics is not None:
             self.metrics.publish(self.stats)
         self.stats.round_s += time.perf_counter() - t_round

@@ -103,6 +103,12 @@ def test_a_plan_is_measured_once_then_cached_on_disk(monkeypatch):
     assert len(data) == 1 and "64x32" in next(iter(data))
     monkeypatch.setenv("SGLANG_SSD_CPU_LINEAR", "torch")
     assert cpu_linear.plan_for(w).paths == ("torch",) * len(cpu_linear.ROWS) and calls == [1]
+    monkeypatch.delenv("SGLANG_SSD_CPU_LINEAR")
+    if "rowdot" in cpu_linear._candidates(torch.float32):  # a changed kernel is measured again
+        monkeypatch.setattr(cpu_linear, "_memo", {})
+        monkeypatch.setattr(cpu_linear.cpu_rowdot, "build_tag", lambda: "another-build")
+        cpu_linear.plan_for(w)
+        assert calls == [1, 1] and len(json.loads(cpu_linear._cache_file().read_text())) == 2
     monkeypatch.setenv("SGLANG_SSD_CPU_LINEAR", "fastest")
     with pytest.raises(ValueError, match="'fastest'"):
         cpu_linear.plan_for(w)
@@ -111,12 +117,13 @@ def test_a_plan_is_measured_once_then_cached_on_disk(monkeypatch):
 # ---- each path against F.linear ------------------------------------------------------------
 @pytest.mark.skipif(not cpu_caps.caps().avx2_fma, reason="the CPU lacks AVX2/FMA")
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 7, 9, 13, 16, 33])
-@pytest.mark.parametrize("shape", [(5, 7), (64, 40), (130, 1000)])
+@pytest.mark.parametrize("shape", [(5, 7), (64, 40), (130, 1000), (50, 9000)])
 def test_rowdot_equals_f_linear(rows, shape):
     assert cpu_rowdot.available(), cpu_rowdot.reason
     g = torch.Generator().manual_seed(rows)
     w, x, b = torch.randn(*shape, generator=g), torch.randn(rows, shape[1], generator=g), torch.randn(shape[0], generator=g)
-    torch.testing.assert_close(cpu_rowdot.linear(x, w, b), cpu_rowdot.linear_ref(x, w, b), rtol=1e-4, atol=1e-4)
+    tol = 1e-4 * max(1.0, shape[1] / 1000)  # float32 sums of K terms of ~K**0.5 in another order
+    torch.testing.assert_close(cpu_rowdot.linear(x, w, b), cpu_rowdot.linear_ref(x, w, b), rtol=1e-4, atol=tol)
     assert cpu_rowdot.linear(x[None], w).shape == (1, rows, shape[0])
 
 

@@ -694,3 +694,91 @@ def test_a_plain_bucket_probes_sync_when_the_cost_model_predicts_it_faster():
     assert b.mode == "sync" and b.probing == "plain"
     assert p.sync_rate(2) > 1.05 / 0.178
     assert p._jit(2) == pytest.approx(0.165 * 2 ** 0.5)  # batch 1's estimate, scaled to 2 requests
+
+
+def _burst_of_four(slow_accepts: int, rounds: int = 40, with_slow: bool = True):
+    """A 4-request bucket in sync rounds (the 2-core EPYC at T=0, K=6, 2026-12-07): 575 ms a round,
+    three requests accepting 6 of 6 drafts, the fourth `slow_accepts`; a plain step 130 ms. The
+    bucket's mean (5.5 tokens a request-round, 9.6/s) beats plain (7.7/s), but the fourth request
+    gains (slow_accepts + 1) / 0.575 s. Returns the modes served and the planner."""
+    p = ModePlanner(DepthController(6, 8, False), allowed=("sync", "plain"))
+    p.costs.observe(4, 1, 0.13)  # the bucket's decode step, measured
+    rids = ["a", "b", "c", "slow"] if with_slow else ["a", "b", "c", "d"]
+    seen = []
+    for _ in range(rounds):
+        mode, k = p.plan(4, rids)
+        if mode == "plain":
+            acc = [0, 0, 0, 0]
+            p.observe("plain", 0, 4, acc, verify_s=0.128, round_s=0.13)
+        else:
+            acc = [6, 6, 6, slow_accepts if with_slow else 6]
+            p.observe("sync", k, 4, acc, verify_s=0.30, round_s=0.575, wait_s=0.27, jit_s=0.27)
+        p.observe_requests(rids, acc, [mode != "plain"] * 4, k)
+        seen.append(mode)
+    return seen, p
+
+
+def test_a_round_that_would_serve_its_slowest_request_slower_than_a_plain_step_is_plain():
+    """The burst above with a request accepting 0 or 1 drafts a round: from its third round on,
+    while it is in the batch, rounds are plain (it gains 7.7 tokens/s there against 1.7-3.5 in
+    sync rounds: a burst of equal-length requests ends with it), except a sync round now and then
+    as its evidence fades (it is tried again); the bucket stays in sync rounds (its mean still
+    wins) and counts the rounds served plain for the request. Without the slow request every
+    round is sync."""
+    for slow in (0, 1):
+        seen, p = _burst_of_four(slow)
+        assert seen[:2] == ["sync", "sync"] and seen[3:10] == ["plain"] * 7, (slow, seen)
+        assert 2 <= seen[3:].count("sync") <= 6, (slow, seen)
+        row = p.table()["bs4-7"]
+        assert row["mode"] == "sync" and row["plain_for_lagging"] >= 25
+        assert p.plan(4, ["a", "b", "c"]) == ("sync", 6)  # the slow request gone: speculated again
+    seen, p = _burst_of_four(0, with_slow=False)
+    assert seen == ["sync"] * 40 and p.table()["bs4-7"]["plain_for_lagging"] == 0
+
+
+def test_a_request_whose_law_beats_a_plain_step_is_never_served_plain_for():
+    """A request's tokens a round are predicted by the geometric law at its own acceptance: five
+    of six drafts accepted a round is 5/6, 4.3 tokens in 575 ms (7.5/s), within the margin of a
+    plain step's 7.7/s: never served plain for; four of six (4/5, 3.95 tokens, 6.9/s) is."""
+    _, p = _burst_of_four(5)
+    assert p.table()["bs4-7"]["plain_for_lagging"] == 0
+    _, p = _burst_of_four(4)
+    assert p.table()["bs4-7"]["plain_for_lagging"] > 0
+
+
+def test_round_timing_passes_each_requests_acceptance():
+    """RoundTiming hands the planner each request's accepted drafts with its id; a request served
+    without drafts fades instead, and a plain round fades every one."""
+    from types import SimpleNamespace
+
+    from sglang_ssd.round_timing import RoundTiming, TreeTimes
+
+    p = planner()
+    t = RoundTiming(p, SimpleNamespace(verify_s=0.0, live_k=0, live_mode="", auto_k={}, modes={}))
+    t.observe("ssd", K, 2, [4, 0], [False, True], [True, True], 0.3, 0.4, 0.1, TreeTimes(), rids=["x", "y"])
+    assert p.requests.accept("x", 0.5) == pytest.approx((4 + 8 * 0.5) / (4 + 8))
+    assert p.requests.accept("y", 0.5) == pytest.approx(0.5)  # not speculated: no evidence
+    t.observe("plain", 0, 2, [0, 0], [True, True], [None, None], 0.1, 0.1, 0.0, TreeTimes(), rids=["x", "y"])
+    assert p.requests.accept("x", 0.5) == pytest.approx((3.6 + 4) / (3.6 + 8))
+
+
+def test_a_request_is_not_judged_by_its_buckets_first_round():
+    """A 2-request bucket's first SSD round waited 602 ms for its requests' first drafts (922 ms;
+    the real pair at T=0, 2026-12-07), the next ones took ~350 ms for 5 + 6 tokens: neither request
+    lags behind a 115 ms plain step (one waited for 3 of those rounds was served plain for the
+    rest of its burst: 41 rounds). Lagging is judged by the median of the latest rounds, once
+    there are MIN_STEADY."""
+    from sglang_ssd.mode_planner import MIN_STEADY
+
+    p = ModePlanner(DepthController(5, 8, False), allowed=("ssd", "plain"))
+    p.costs.observe(2, 1, 0.115)
+    rids = ["x", "y"]
+    seen = []
+    for i in range(20):
+        mode, k = p.plan(2, rids)
+        seen.append(mode)
+        acc = [4, 5] if mode != "plain" else [0, 0]
+        p.observe(mode, k, 2, acc, verify_s=0.33, round_s=0.922 if i == 0 else 0.35, wait_s=0.6 if i == 0 else 0.01)
+        p.observe_requests(rids, acc, [mode != "plain"] * 2, k)
+    assert seen[:4] == ["ssd"] * 4 and p.table()["bs2-3"]["plain_for_lagging"] == 0  # (plain: the bucket's probe)
+    assert p._bucket(2).meters["ssd"].steady_round_s == pytest.approx(0.35) and MIN_STEADY >= 2
