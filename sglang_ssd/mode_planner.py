@@ -26,9 +26,9 @@ plain rounds, always could), at intervals that double while probes lose (their c
 and reset on a win. Plain rounds vary little (one token per request), so their probe is short.
 Measurements age out, so a change of load or of text is noticed. A user's --ssd-mode pins the mode.
 
-Within a speculating bucket, a round whose slowest request would gain fewer tokens per second than
-a plain step gives it is served plain (each request's own acceptance, request_acceptance.py): a
-burst of equal-length requests ends with its slowest, and a user sees their own request's speed.
+Within a speculating bucket, a round is plain when plain rounds would finish the batch sooner
+(drain.py: each request's own acceptance, request_acceptance.py, and the tokens it may still
+emit): a burst of equal-length requests ends with the request the draft predicts worst.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sglang_ssd.auto_k import DepthController, expected_tokens
+from sglang_ssd.drain import finish_s
 from sglang_ssd.request_acceptance import RequestAcceptance
 from sglang_ssd.round_costs import RoundCosts, bucket_of
 
@@ -57,8 +58,9 @@ PLAIN_PROBE = 3  # rounds of a plain probe (its rate hardly varies)
 FIRST_PROBE = {"plain": 1, "sync": 4, "ssd": 8}  # decisions before a first probe without a prediction
 MAX_BACKOFF = 64  # decisions between probes of a mode that keeps losing
 EXPLORE = 0.7  # a mode predicted at this share of the current rate is still probed now and then
-STEADY_ROUNDS = 8  # latest rounds of a visit whose median judges a lagging request (plan()) ...
+STEADY_ROUNDS = 8  # latest rounds of a visit whose median a batch's finish is predicted from (plan()) ...
 MIN_STEADY = 3  # ... once there are this many
+DRAIN_HORIZON = 1024  # tokens a request may still emit, at most, as the finish is predicted
 OVERRUN = 0.1  # SSD's wait beyond this share of the verify: its tree is not hidden (probe sync)
 
 
@@ -144,7 +146,7 @@ class _Bucket:
     probes: int = 0
     decisions: int = 0
     extended: int = 0  # times the probe in progress was extended (ahead, not yet clearly)
-    lagged: int = 0  # rounds served plain for a request its mode would serve slower (plan())
+    drained: int = 0  # rounds served plain because the batch finishes sooner so (plan())
 
 
 def significantly_better(a: _Meter, b: _Meter, sigmas: float = SIGMAS) -> bool:
@@ -181,37 +183,43 @@ class ModePlanner:
     def k(self) -> int:
         return self.depth.k
 
-    def plan(self, batch_size: int, rids: tuple = ()) -> tuple[str, int]:
-        """(mode, K) for a round of `batch_size` requests (`rids`: theirs); K is 0 for plain
-        rounds. The bucket's mode, except that a speculating bucket's round is plain while one of
-        `rids` lags (_lags): the bucket stays in its mode, and the round is not judged as its."""
+    def plan(self, batch_size: int, requests: tuple = ()) -> tuple[str, int]:
+        """(mode, K) for a round of `batch_size` requests; K is 0 for plain rounds. `requests`:
+        (rid, tokens it may still emit) of each: a speculating bucket's round is plain when plain
+        rounds until the first of them leaves would finish the batch sooner (_drains_sooner_plain);
+        the bucket stays in its mode, and the round is not judged as its."""
         if self.pinned is None and batch_size >= 1:
             b = self._bucket(batch_size)
             self.mode = b.mode
-            if b.mode != "plain" and rids and self._lags(b, batch_size, rids):
-                b.lagged += 1
+            if b.mode != "plain" and requests and self._drains_sooner_plain(b, batch_size, requests):
+                b.drained += 1
                 return "plain", 0
         return self.mode, (0 if self.mode == "plain" else self.depth.k)
 
-    def _lags(self, b: _Bucket, batch_size: int, rids) -> bool:
-        """Whether a request of `rids` would gain fewer tokens per second in a round of the
-        bucket's mode (its round as measured: the median of the latest; the chain's expected tokens at the request's own
-        acceptance) than in a plain step (the cost model's) by the margin; a lagging request is
-        released only when it would gain more by the margin (hysteresis)."""
+    def _drains_sooner_plain(self, b: _Bucket, batch_size: int, requests) -> bool:
+        """Whether the batch finishes sooner by the margin with plain rounds until a request
+        leaves than in its buckets' modes (drain.py): each request's tokens a speculating round
+        from its own acceptance (the chain's expected tokens), a round's cost the median of its
+        bucket's latest rounds in its mode (known once there are MIN_STEADY), else a plain step."""
         m = b.meters.get(b.mode)
-        step = self.costs.step_predicted(batch_size)
-        round_s = None if m is None else m.steady_round_s
-        if round_s is None or step is None:
+        if m is None or m.steady_round_s is None or self.costs.step_predicted(batch_size) is None:
             return False
-        k, prior, plain = self.depth.k, self.depth.accept, 1.0 / step
-        lagging = self.requests.lagging
-        for rid in rids:
-            rate = expected_tokens(self.requests.accept(rid, prior), k) / round_s
-            if rate * (1 + MARGIN) < plain:
-                lagging.add(rid)
-            elif rate > plain * (1 + MARGIN):
-                lagging.discard(rid)
-        return any(rid in lagging for rid in rids)
+        k, prior = self.depth.k, self.depth.accept
+        tokens = [expected_tokens(self.requests.accept(rid, prior), k) for rid, _ in requests]
+        remaining = [float(min(r, DRAIN_HORIZON)) for _, r in requests]
+        keep = finish_s(remaining, tokens, self._round_of, self.costs.step_predicted)
+        plain = finish_s(remaining, tokens, self._round_of, self.costs.step_predicted, plain_first=True)
+        return keep is not None and plain is not None and plain < keep * (1 - MARGIN)
+
+    def _round_of(self, n: int) -> Optional[tuple[float, bool]]:
+        """(seconds, speculating) of a round of n requests as its bucket serves it now."""
+        x = self._buckets.get(bucket_of(n))
+        m = None if x is None or x.mode == "plain" else x.meters.get(x.mode)
+        steady = None if m is None else m.steady_round_s
+        if steady is not None:
+            return steady, True
+        step = self.costs.step_predicted(n)
+        return None if step is None else (step, False)
 
     def observe_requests(self, rids, accepted: list[int], speculated: list[bool], k: int) -> None:
         """Each request's draft tokens accepted this round, where it was speculated (`k`: the
@@ -496,7 +504,7 @@ class ModePlanner:
             lo = 1 << (key - 1)
             out[f"bs{lo}-{2 * lo - 1}"] = {
                 "mode": b.mode, "switches": b.switches, "probes": b.probes,
-                "probing": b.probing is not None, "plain_for_lagging": b.lagged,
+                "probing": b.probing is not None, "plain_to_drain": b.drained,
                 "measured": {m: x.summary() for m, x in sorted(b.meters.items())},
             }
         return out

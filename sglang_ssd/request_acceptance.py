@@ -7,9 +7,9 @@ rounds of 575 ms that one made about 2 tokens a round, 3.5 tokens/s, where plain
 give it 7.7. A burst of equal-length requests ends when its slowest does, so the burst ran 0.87x
 plain decoding although its sync rounds served 1.14x the tokens of plain ones. Each request's own
 acceptance (the bucket's worth PRIOR_TOKENS draft tokens in it, so a few rounds cannot pin it)
-lets the planner see the request a speculated round would slow below a plain step, and serve
-that batch plain (ModePlanner.plan). While a request is not speculated its evidence fades
-(FADE a round), so a request whose text turns predictable is tried again.
+lets the planner predict when the batch finishes (drain.py) and serve it plain where that is
+sooner (ModePlanner.plan). While a request is not speculated its evidence fades (FADE a round),
+so a request whose text turns predictable is tried again.
 """
 
 from __future__ import annotations
@@ -50,13 +50,11 @@ class Acceptance:
 
 
 class RequestAcceptance:
-    """Each request's own acceptance, and which requests lag (a speculated round serves them
-    slower than a plain step: a flag with hysteresis, set by the planner)."""
+    """Each request's own acceptance."""
 
     def __init__(self):
         self._of: dict[str, Acceptance] = {}
         self._seen: dict[str, int] = {}
-        self.lagging: set[str] = set()
         self._rounds = 0
 
     def observe(self, rids: Iterable[str], accepted: Iterable[int], speculated: Iterable[bool], k: int) -> None:
@@ -75,7 +73,6 @@ class RequestAcceptance:
             for r in gone:
                 del self._seen[r]
                 self._of.pop(r, None)
-                self.lagging.discard(r)
 
     def accept(self, rid: str, prior: float) -> float:
         """The request's acceptance: its own evidence with PRIOR_TOKENS at `prior` (the

@@ -395,7 +395,8 @@ class SSDWorker(BaseSpecWorker):
         t_round = time.perf_counter()
         bs = len(batch.reqs)
         self._served += 1
-        mode, k = self.planner.plan(bs, [r.rid for r in batch.reqs] if self.tp_rank == 0 else ())
+        mode, k = self.planner.plan(bs, [(r.rid, (r.sampling_params.max_new_tokens or 1 << 30) - len(r.output_ids))
+                                         for r in batch.reqs] if self.tp_rank == 0 else ())
         kind = mode
         if (mode != "plain" and bs and (self.tp_group is None or self.tp_group.world_size == 1)
                 and all(self.deferred.get(r.rid, (0,))[0] > self._served for r in batch.reqs)):

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from sglang_ssd.auto_k import DepthController
+from sglang_ssd.auto_k import DepthController, expected_tokens
 from sglang_ssd.mode_planner import EVERY, FIRST_WINDOW, MAX_BACKOFF, ModePlanner
 
 K = 4
@@ -696,17 +696,19 @@ def test_a_plain_bucket_probes_sync_when_the_cost_model_predicts_it_faster():
     assert p._jit(2) == pytest.approx(0.165 * 2 ** 0.5)  # batch 1's estimate, scaled to 2 requests
 
 
-def _burst_of_four(slow_accepts: int, rounds: int = 40, with_slow: bool = True):
+def _burst_of_four(slow_accepts: int, rounds: int = 40, with_slow: bool = True, remaining: int = 48):
     """A 4-request bucket in sync rounds (the 2-core EPYC at T=0, K=6, 2026-12-07): 575 ms a round,
-    three requests accepting 6 of 6 drafts, the fourth `slow_accepts`; a plain step 130 ms. The
-    bucket's mean (5.5 tokens a request-round, 9.6/s) beats plain (7.7/s), but the fourth request
-    gains (slow_accepts + 1) / 0.575 s. Returns the modes served and the planner."""
+    three requests accepting 6 of 6 drafts, the fourth `slow_accepts`; plain steps of 115-130 ms at
+    1-4 requests; every request `remaining` tokens to go. The bucket's mean (5.5 tokens a
+    request-round, 9.6/s) beats plain (7.7/s) per round. Returns the modes served and the planner."""
     p = ModePlanner(DepthController(6, 8, False), allowed=("sync", "plain"))
-    p.costs.observe(4, 1, 0.13)  # the bucket's decode step, measured
+    for n, step in ((1, 0.115), (2, 0.12), (3, 0.125), (4, 0.13)):  # the decode steps, measured
+        p.costs.observe(n, 1, step)
     rids = ["a", "b", "c", "slow"] if with_slow else ["a", "b", "c", "d"]
+    left = dict.fromkeys(rids, remaining)
     seen = []
     for _ in range(rounds):
-        mode, k = p.plan(4, rids)
+        mode, k = p.plan(4, [(r, left[r]) for r in rids])
         if mode == "plain":
             acc = [0, 0, 0, 0]
             p.observe("plain", 0, 4, acc, verify_s=0.128, round_s=0.13)
@@ -714,36 +716,54 @@ def _burst_of_four(slow_accepts: int, rounds: int = 40, with_slow: bool = True):
             acc = [6, 6, 6, slow_accepts if with_slow else 6]
             p.observe("sync", k, 4, acc, verify_s=0.30, round_s=0.575, wait_s=0.27, jit_s=0.27)
         p.observe_requests(rids, acc, [mode != "plain"] * 4, k)
+        for r, a in zip(rids, acc):
+            left[r] = max(left[r] - a - 1, 1)
         seen.append(mode)
     return seen, p
 
 
-def test_a_round_that_would_serve_its_slowest_request_slower_than_a_plain_step_is_plain():
-    """The burst above with a request accepting 0 or 1 drafts a round: from its third round on,
-    while it is in the batch, rounds are plain (it gains 7.7 tokens/s there against 1.7-3.5 in
-    sync rounds: a burst of equal-length requests ends with it), except a sync round now and then
-    as its evidence fades (it is tried again); the bucket stays in sync rounds (its mean still
-    wins) and counts the rounds served plain for the request. Without the slow request every
-    round is sync."""
+def test_a_batch_whose_slowest_request_would_finish_later_than_in_plain_rounds_is_served_plain():
+    """The burst above with a request accepting 0 or 1 drafts a round: kept in sync rounds, the
+    three fast ones leave after ~7 rounds (4 s) and the slow one, 20-odd tokens in, needs ~25 plain
+    steps more (7 s in all); plain rounds from now finish all four together in 48 x 130 ms (6.2 s).
+    So from its fourth round (the bucket's median round is known after three) rounds are plain,
+    but for a sync round now and then as the slow request's evidence fades (it is tried again);
+    the bucket stays in sync rounds (its mean still wins) and counts the rounds served plain.
+    Without the slow request every round is sync."""
     for slow in (0, 1):
         seen, p = _burst_of_four(slow)
-        assert seen[:2] == ["sync", "sync"] and seen[3:10] == ["plain"] * 7, (slow, seen)
-        assert 2 <= seen[3:].count("sync") <= 6, (slow, seen)
+        assert seen[:3] == ["sync"] * 3 and seen[3:8] == ["plain"] * 5, (slow, seen)
+        assert 1 <= seen[3:].count("sync") <= 10, (slow, seen)
         row = p.table()["bs4-7"]
-        assert row["mode"] == "sync" and row["plain_for_lagging"] >= 25
-        assert p.plan(4, ["a", "b", "c"]) == ("sync", 6)  # the slow request gone: speculated again
-    seen, p = _burst_of_four(0, with_slow=False)
-    assert seen == ["sync"] * 40 and p.table()["bs4-7"]["plain_for_lagging"] == 0
+        assert row["mode"] == "sync" and row["plain_to_drain"] >= 25
+        assert p.plan(4, [("a", 40), ("b", 40), ("c", 40)]) == ("sync", 6)  # the slow request gone
+    seen, p = _burst_of_four(0, with_slow=False, rounds=6)  # 7 tokens a round: 48 take 7 rounds
+    assert seen == ["sync"] * 6 and p.table()["bs4-7"]["plain_to_drain"] == 0
+    # a token to go for each: a 130 ms plain step, not a 575 ms sync round
+    assert p.plan(4, [(r, 1) for r in "abcd"]) == ("plain", 0)
 
 
-def test_a_request_whose_law_beats_a_plain_step_is_never_served_plain_for():
-    """A request's tokens a round are predicted by the geometric law at its own acceptance: five
-    of six drafts accepted a round is 5/6, 4.3 tokens in 575 ms (7.5/s), within the margin of a
-    plain step's 7.7/s: never served plain for; four of six (4/5, 3.95 tokens, 6.9/s) is."""
-    _, p = _burst_of_four(5)
-    assert p.table()["bs4-7"]["plain_for_lagging"] == 0
-    _, p = _burst_of_four(4)
-    assert p.table()["bs4-7"]["plain_for_lagging"] > 0
+def test_a_batch_whose_fast_requests_are_about_to_leave_keeps_speculating():
+    """At T=0.7 (the same day): three requests accepting 6 of 6 with 7 tokens to go and one accepting
+    2 with 30. Per request the slow one gains ~3.5 tokens in a 750 ms sync round, less than a 200 ms
+    plain step's 5/s (judged so, a burst of 4 ran 0.76x plain decoding), but plain rounds would hold
+    the fast ones for 7 steps where sync lets them go after 2 rounds, and alone the slow one has
+    420 ms sync rounds: sync is kept, and with 40 tokens to go for every request too."""
+    p = ModePlanner(DepthController(6, 8, False), allowed=("sync", "plain"))
+    for n, step in ((1, 0.12), (2, 0.15), (3, 0.18), (4, 0.2)):
+        p.costs.observe(n, 1, step)
+    p._bucket(1).mode = "sync"
+    for _ in range(3):
+        p.observe("sync", 6, 1, [2], verify_s=0.2, round_s=0.42, wait_s=0.2, jit_s=0.2)
+    p._bucket(4).mode = "sync"
+    rids = ["a", "b", "c", "slow"]
+    for _ in range(6):
+        p.observe("sync", 6, 4, [6, 6, 6, 2], verify_s=0.4, round_s=0.75, wait_s=0.33, jit_s=0.33)
+        p.observe_requests(rids, [6, 6, 6, 2], [True] * 4, 6)
+    assert expected_tokens(p.requests.accept("slow", p.depth.accept), 6) / 0.75 < 1 / 0.2
+    assert p.plan(4, [("a", 7), ("b", 7), ("c", 7), ("slow", 30)]) == ("sync", 6)
+    assert p.plan(4, [(r, 40) for r in rids]) == ("sync", 6)
+    assert p.table()["bs4-7"]["plain_to_drain"] == 0
 
 
 def test_round_timing_passes_each_requests_acceptance():
@@ -762,23 +782,24 @@ def test_round_timing_passes_each_requests_acceptance():
     assert p.requests.accept("x", 0.5) == pytest.approx((3.6 + 4) / (3.6 + 8))
 
 
-def test_a_request_is_not_judged_by_its_buckets_first_round():
+def test_a_batch_is_not_judged_by_its_buckets_first_round():
     """A 2-request bucket's first SSD round waited 602 ms for its requests' first drafts (922 ms;
-    the real pair at T=0, 2026-12-07), the next ones took ~350 ms for 5 + 6 tokens: neither request
-    lags behind a 115 ms plain step (one waited for 3 of those rounds was served plain for the
-    rest of its burst: 41 rounds). Lagging is judged by the median of the latest rounds, once
-    there are MIN_STEADY."""
+    the real pair at T=0, 2026-12-07), the next ones took ~350 ms for 5 + 6 tokens: SSD rounds
+    finish the batch sooner than 115 ms plain steps (judged by that first round alone, a batch was
+    served plain for the rest of its burst: 41 rounds). A round's cost is the median of the
+    latest rounds, once there are MIN_STEADY."""
     from sglang_ssd.mode_planner import MIN_STEADY
 
     p = ModePlanner(DepthController(5, 8, False), allowed=("ssd", "plain"))
     p.costs.observe(2, 1, 0.115)
+    p.costs.observe(1, 1, 0.11)
     rids = ["x", "y"]
     seen = []
     for i in range(20):
-        mode, k = p.plan(2, rids)
+        mode, k = p.plan(2, [(r, 40) for r in rids])
         seen.append(mode)
         acc = [4, 5] if mode != "plain" else [0, 0]
         p.observe(mode, k, 2, acc, verify_s=0.33, round_s=0.922 if i == 0 else 0.35, wait_s=0.6 if i == 0 else 0.01)
         p.observe_requests(rids, acc, [mode != "plain"] * 2, k)
-    assert seen[:4] == ["ssd"] * 4 and p.table()["bs2-3"]["plain_for_lagging"] == 0  # (plain: the bucket's probe)
+    assert seen[:4] == ["ssd"] * 4 and p.table()["bs2-3"]["plain_to_drain"] == 0  # (plain: the bucket's probe)
     assert p._bucket(2).meters["ssd"].steady_round_s == pytest.approx(0.35) and MIN_STEADY >= 2
