@@ -146,7 +146,8 @@ class _Bucket:
     probes: int = 0
     decisions: int = 0
     extended: int = 0  # times the probe in progress was extended (ahead, not yet clearly)
-    drained: int = 0  # rounds served plain because the batch finishes sooner so (plan())
+    drained: int = 0  # rounds served plain because the batch finishes sooner so (plan()) ...
+    draining: bool = False  # ... the last of them too
 
 
 def significantly_better(a: _Meter, b: _Meter, sigmas: float = SIGMAS) -> bool:
@@ -191,16 +192,20 @@ class ModePlanner:
         if self.pinned is None and batch_size >= 1:
             b = self._bucket(batch_size)
             self.mode = b.mode
-            if b.mode != "plain" and requests and self._drains_sooner_plain(b, batch_size, requests):
+            b.draining = b.mode != "plain" and bool(requests) and self._drains_sooner_plain(b, batch_size, requests)
+            if b.draining:
                 b.drained += 1
                 return "plain", 0
         return self.mode, (0 if self.mode == "plain" else self.depth.k)
 
     def _drains_sooner_plain(self, b: _Bucket, batch_size: int, requests) -> bool:
-        """Whether the batch finishes sooner by the margin with plain rounds until a request
-        leaves than in its buckets' modes (drain.py): each request's tokens a speculating round
-        from its own acceptance (the chain's expected tokens), a round's cost the median of its
-        bucket's latest rounds in its mode (known once there are MIN_STEADY), else a plain step."""
+        """Whether the batch finishes sooner with plain rounds until a request leaves than in its
+        buckets' modes (drain.py), by the margin (and while the bucket's last round was plain for
+        this, unless its mode is sooner by the margin: a batch of 1 flapped between plain steps of
+        150 ms and SSD rounds of 600 ms that began the request with the draft again): each
+        request's tokens a speculating round from its own acceptance (the chain's expected
+        tokens), a round's cost the median of its bucket's latest rounds in its mode (known once
+        there are MIN_STEADY), else a plain step."""
         m = b.meters.get(b.mode)
         if m is None or m.steady_round_s is None or self.costs.step_predicted(batch_size) is None:
             return False
@@ -209,7 +214,9 @@ class ModePlanner:
         remaining = [float(min(r, DRAIN_HORIZON)) for _, r in requests]
         keep = finish_s(remaining, tokens, self._round_of, self.costs.step_predicted)
         plain = finish_s(remaining, tokens, self._round_of, self.costs.step_predicted, plain_first=True)
-        return keep is not None and plain is not None and plain < keep * (1 - MARGIN)
+        if keep is None or plain is None:
+            return False
+        return keep > plain * (1 - MARGIN) if b.draining else plain < keep * (1 - MARGIN)
 
     def _round_of(self, n: int) -> Optional[tuple[float, bool]]:
         """(seconds, speculating) of a round of n requests as its bucket serves it now."""
