@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-PRIOR_TOKENS = 8.0  # draft tokens the all-request acceptance is worth in one request's estimate
+PRIOR_TOKENS = 4.0  # draft tokens the all-request acceptance is worth in one request's estimate
 FADE = 0.97  # per round a request is not speculated, of its own evidence (23 rounds: half)
 FORGET_ROUNDS = 512  # rounds after which a request not seen is forgotten (it finished)
 

@@ -726,7 +726,7 @@ def test_a_batch_whose_slowest_request_would_finish_later_than_in_plain_rounds_i
     """The burst above with a request accepting 0 or 1 drafts a round: kept in sync rounds, the
     three fast ones leave after ~7 rounds (4 s) and the slow one, 20-odd tokens in, needs ~25 plain
     steps more (7 s in all); plain rounds from now finish all four together in 48 x 130 ms (6.2 s).
-    So from its fourth round (the bucket's median round is known after three) every round is
+    So from its fourth round (the bucket's round is known after three) every round is
     plain; the bucket stays in sync rounds (its mean still wins) and counts the rounds served
     plain. Without the slow request every round is sync."""
     for slow in (0, 1):
@@ -774,20 +774,20 @@ def test_round_timing_passes_each_requests_acceptance():
     p = planner()
     t = RoundTiming(p, SimpleNamespace(verify_s=0.0, live_k=0, live_mode="", auto_k={}, modes={}))
     t.observe("ssd", K, 2, [4, 0], [False, True], [True, True], 0.3, 0.4, 0.1, TreeTimes(), rids=["x", "y"])
-    assert p.requests.accept("x", 0.5) == pytest.approx((4 + 8 * 0.5) / (4 + 8))
+    from sglang_ssd.request_acceptance import FADE, PRIOR_TOKENS as W
+
+    assert p.requests.accept("x", 0.5) == pytest.approx((4 + W * 0.5) / (4 + W))
     assert p.requests.accept("y", 0.5) == pytest.approx(0.5)  # not speculated: no evidence
     t.observe("plain", 0, 2, [0, 0], [True, True], [None, None], 0.1, 0.1, 0.0, TreeTimes(), rids=["x", "y"])
-    from sglang_ssd.request_acceptance import FADE
-
-    assert p.requests.accept("x", 0.5) == pytest.approx((4 * FADE + 4) / (4 * FADE + 8))
+    assert p.requests.accept("x", 0.5) == pytest.approx((4 * FADE + W * 0.5) / (4 * FADE + W))
 
 
 def test_a_batch_is_not_judged_by_its_buckets_first_round():
     """A 2-request bucket's first SSD round waited 602 ms for its requests' first drafts (922 ms;
     the real pair at T=0, 2026-12-07), the next ones took ~350 ms for 5 + 6 tokens: SSD rounds
     finish the batch sooner than 115 ms plain steps (judged by that first round alone, a batch was
-    served plain for the rest of its burst: 41 rounds). A round's cost is the median of the
-    latest rounds, once there are MIN_STEADY."""
+    served plain for the rest of its burst: 41 rounds). A round's cost is the mean of the latest
+    rounds but the longest, once there are MIN_STEADY."""
     from sglang_ssd.mode_planner import MIN_STEADY
 
     p = ModePlanner(DepthController(5, 8, False), allowed=("ssd", "plain"))
@@ -803,3 +803,19 @@ def test_a_batch_is_not_judged_by_its_buckets_first_round():
         p.observe_requests(rids, acc, [mode != "plain"] * 2, k)
     assert seen[:4] == ["ssd"] * 4 and p.table()["bs2-3"]["plain_to_drain"] == 0  # (plain: the bucket's probe)
     assert p._bucket(2).meters["ssd"].steady_round_s == pytest.approx(0.35) and MIN_STEADY >= 2
+
+
+def test_a_buckets_round_counts_its_missed_lookups_but_not_its_longest_round():
+    """SSD rounds at batch 1 of a request the draft predicts badly (the real pair at T=0): 290 ms on a
+    hit, 330-450 on a miss. The round a batch's finish is predicted from is their mean but the
+    longest (a first round's wait for first drafts), not their median (290: the hits alone)."""
+    from sglang_ssd.mode_planner import _Meter
+
+    m = _Meter()
+    times = [0.29, 0.29, 0.45, 0.33, 0.58, 0.29, 0.29, 0.41]
+    for t in times[:2]:
+        m.add(1, 2, t, 0.25, t - 0.25, 0.0)
+    assert m.steady_round_s is None
+    for t in times[2:]:
+        m.add(1, 2, t, 0.25, t - 0.25, 0.0)
+    assert m.steady_round_s == pytest.approx((sum(times) - 0.58) / 7)
