@@ -190,12 +190,17 @@ class ModePlanner:
     def plan(self, batch_size: int, requests: tuple = ()) -> tuple[str, int]:
         """(mode, K) for a round of `batch_size` requests; K is 0 for plain rounds. `requests`:
         (rid, tokens it may still emit) of each: a speculating bucket's round is plain when plain
-        rounds until the first of them leaves would finish the batch sooner (_drains_sooner_plain);
-        the bucket stays in its mode, and the round is not judged as its."""
+        rounds until the first of them leaves would finish the batch sooner (_drains_sooner_plain),
+        except during a probe (a measurement) and alone (one request: the bucket's own rates are
+        its; judged also per batch, a draft that never agrees at batch 1 left the bucket's
+        decisions to the drain and its server test flaky). The bucket stays in its mode; such a round counts
+        toward its next decision as a plain round measured, so a bucket whose every batch drains
+        (a draft that never agrees) moves to plain rounds and probes its mode again on schedule."""
         if self.pinned is None and batch_size >= 1:
             b = self._bucket(batch_size)
             self.mode = b.mode
-            b.draining = b.mode != "plain" and bool(requests) and self._drains_sooner_plain(b, batch_size, requests)
+            b.draining = (b.mode != "plain" and b.probing is None and len(requests) >= 2
+                          and self._drains_sooner_plain(b, batch_size, requests))
             if b.draining:
                 b.drained += 1
                 return "plain", 0
@@ -266,8 +271,8 @@ class ModePlanner:
         if self.pinned is not None or batch_size < 1 or not accepted or not typical:
             return
         b = self._bucket(batch_size)
-        if mode != b.mode:  # served in another bucket's mode (the batch moved): not this bucket's
-            return
+        if mode != b.mode and not (mode == "plain" and b.draining):  # served in another bucket's
+            return  # mode (the batch moved): not this bucket's; plain to drain measures its plain rounds
         m = b.meters.get(mode)
         if m is None or m.age > 0:  # a new visit replaces what an earlier one measured
             m = b.meters[mode] = _Meter()
