@@ -191,15 +191,16 @@ class ModePlanner:
         """(mode, K) for a round of `batch_size` requests; K is 0 for plain rounds. `requests`:
         (rid, tokens it may still emit) of each: a speculating bucket's round is plain when plain
         rounds until the first of them leaves would finish the batch sooner (_drains_sooner_plain),
-        except during a probe (a measurement) and alone (one request: the bucket's own rates are
-        its; judged also per batch, a draft that never agrees at batch 1 left the bucket's
-        decisions to the drain and its server test flaky). The bucket stays in its mode; such a round counts
+        except during a probe (a measurement). Alone too: the request left of a burst is often the
+        one the draft predicts worst (the real pair at T=0, 2026-12-07: 1-4 tokens in 380-600 ms
+        SSD rounds at batch 1 against 170 ms plain steps, 8 such rounds a burst of 4), and a request's
+        last token or two cost a plain step, not a verify. The bucket stays in its mode; such a round counts
         toward its next decision as a plain round measured, so a bucket whose every batch drains
         (a draft that never agrees) moves to plain rounds and probes its mode again on schedule."""
         if self.pinned is None and batch_size >= 1:
             b = self._bucket(batch_size)
             self.mode = b.mode
-            b.draining = (b.mode != "plain" and b.probing is None and len(requests) >= 2
+            b.draining = (b.mode != "plain" and b.probing is None and len(requests) >= 1
                           and self._drains_sooner_plain(b, batch_size, requests))
             if b.draining:
                 b.drained += 1
