@@ -9,7 +9,8 @@ thread) and oneDNN's prepacked matmul (where this CPU can make the pack: a bfloa
 avx512bw/vl/dq or avx_ne_convert; the row says why when it cannot), then the plan the measured
 choice (kernels/cpu_linear.py) gives each shape, as every CPU server of this package runs it. At
 small M these GEMMs are bound by reading the weights, so a kernel that reads them once costs about
-the same for M = 1 and M = 5. The CPU class is printed (an AVX2 CPU can be approximated on an
+the same for M = 1 and M = 5. Every call is timed from memory (the caches emptied before it), as
+a forward through 28 layers meets its weights. The CPU class is printed (an AVX2 CPU can be approximated on an
 AVX-512 one with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2;
 the label then says "emulated").
 """
@@ -29,10 +30,14 @@ H, INTER, LAYERS = 1536, 8960, 28
 SHAPES = {"qkv": (2048, H), "o": (H, H), "gate_up": (2 * INTER, H), "down": (H, INTER)}
 
 
+COLD = None  # cpu_linear.ColdCaches: each call timed from memory, as in a forward through 28 layers
+
+
 def best_ms(fn, reps: int = 5) -> float:
     fn()
     ts = []
     for _ in range(reps):
+        COLD()
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
@@ -50,6 +55,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     caps = cpu_caps.caps()
+    global COLD
+    COLD = cpu_linear.ColdCaches()
     print(f"## Linear layers of a 1.5B Qwen body ({LAYERS} layers), ms, core {args.core}, {args.threads} thread(s), "
           f"CPU {caps.model} [{caps.label}]\n")
     print("| dtype | M tokens | F.linear | rowdot (ours, AVX2) | oneDNN packed | chosen | chosen / M=1 chosen |")

@@ -294,3 +294,38 @@ def test_draft_model_routes_its_linears_and_keeps_its_logits(models, monkeypatch
     else:
         assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.5
         assert (got - ref).abs().max() < 0.1 * ref.abs().max() + 0.5
+
+
+def test_cache_sizes_are_read_from_sysfs(tmp_path):
+    """The largest cache, from sysfs's size files ('32768K', '2M', '512'), sizes the buffer that
+    empties the caches between timed calls; an unreadable tree gives 32 MiB; bad text is named."""
+    assert cpu_linear.parse_cache_size("32768K\n") == 32 << 20
+    assert cpu_linear.parse_cache_size("2M") == 2 << 20 and cpu_linear.parse_cache_size("512") == 512
+    with pytest.raises(ValueError, match="'lots'"):
+        cpu_linear.parse_cache_size("lots")
+    for i, size in enumerate(["48K", "1024K", "32768K", "garbage"]):
+        (tmp_path / f"index{i}").mkdir()
+        (tmp_path / f"index{i}" / "size").write_text(size + "\n")
+    assert cpu_linear.largest_cache_bytes(tmp_path) == 32 << 20
+    (tmp_path / "index4").mkdir()
+    (tmp_path / "index4" / "size").write_text("96M\n")
+    assert cpu_linear.largest_cache_bytes(tmp_path) == 96 << 20
+    assert cpu_linear.largest_cache_bytes(tmp_path / "missing") == 32 << 20
+
+
+def test_every_timed_call_of_a_measurement_starts_with_cold_caches(monkeypatch):
+    """A weight that fits in L3 timed over and over would be timed from cache, which no forward
+    through a model larger than the cache sees: the caches are emptied before every timed call
+    (not before the untimed warm-up), and the buffer that does it is twice the largest cache."""
+    events = []
+    monkeypatch.setattr(cpu_linear.ColdCaches, "__call__", lambda self: events.append("cold"))
+    real_run = cpu_linear._run
+    monkeypatch.setattr(cpu_linear, "_run", lambda *a: events.append("run") or real_run(*a))
+    w = torch.randn(24, 16)
+    reps = 3
+    times = cpu_linear.measure(w, None, ["torch"], reps=reps)
+    assert len(times["torch"]) == len(cpu_linear.ROWS)
+    per_row = ["run"] + ["cold", "run"] * reps  # the warm-up, then each timed call after a flush
+    assert events == per_row * len(cpu_linear.ROWS)
+    monkeypatch.undo()
+    assert cpu_linear.ColdCaches().buf.numel() * 4 == min(2 * cpu_linear.largest_cache_bytes(), 512 << 20)
