@@ -182,6 +182,7 @@ class ModePlanner:
         self.mode = pinned or "ssd"
         self.version = 0  # bumped at every decision that changes the table
         self.requests = RequestAcceptance()  # each request's own acceptance (observe_requests)
+        self.last_drain: Optional[dict] = None  # the last plan()'s finish predictions (diagnostics)
 
     @property
     def k(self) -> int:
@@ -197,6 +198,7 @@ class ModePlanner:
         last token or two cost a plain step, not a verify. The bucket stays in its mode; such a round counts
         toward its next decision as a plain round measured, so a bucket whose every batch drains
         (a draft that never agrees) moves to plain rounds and probes its mode again on schedule."""
+        self.last_drain = None
         if self.pinned is None and batch_size >= 1:
             b = self._bucket(batch_size)
             self.mode = b.mode
@@ -217,6 +219,7 @@ class ModePlanner:
         known once there are MIN_STEADY), else a plain step."""
         m = b.meters.get(b.mode)
         if m is None or m.steady_round_s is None or self.costs.step_predicted(batch_size) is None:
+            self.last_drain = {"why": "no steady round" if m is None or m.steady_round_s is None else "no plain step"}
             return False
         k, prior = self.depth.k, self.depth.accept
         tokens = [expected_tokens(self.requests.accept(rid, prior), k) for rid, _ in requests]
@@ -226,6 +229,8 @@ class ModePlanner:
         step = lambda n: steps[n] if n in steps else steps.setdefault(n, self.costs.step_predicted(n))  # noqa: E731
         keep = finish_s(remaining, tokens, round_of, step)
         plain = finish_s(remaining, tokens, round_of, step, plain_first=True)
+        self.last_drain = {"keep_s": keep and round(keep, 3), "plain_s": plain and round(plain, 3),
+                           "tokens": [round(t, 2) for t in tokens], "round_s": round(m.steady_round_s, 3)}
         if keep is None or plain is None:
             return False
         return keep > plain * (1 - MARGIN) if b.draining else plain < keep * (1 - MARGIN)

@@ -76,7 +76,8 @@ class RoundTiming:
                 "t": round(time.time(), 4), "mode": mode, "k": k, "bs": batch_size, "threads": threads,
                 "round_ms": round(1e3 * round_s, 2), "verify_ms": round(1e3 * verify_s, 2),
                 "wait_ms": round(1e3 * wait_s, 2), "tree_ms": round(1e3 * tree.tree_s, 2),
-                "accepted": list(accepted), "hits": hits, "typical": typical}) + "\n")
+                "accepted": list(accepted), "hits": hits, "typical": typical,
+                "drain": self.planner.last_drain}) + "\n")
         if rids is not None:
             self.planner.observe_requests(rids, accepted, [not p for p in unspeculated], 0 if mode == "plain" else k)
         if self.rounds > COLD_ROUNDS:

@@ -804,6 +804,24 @@ def test_the_request_left_alone_at_the_end_of_a_burst_is_served_by_its_own_accep
     assert p.plan(1, [("slow", 20)]) == ("ssd", 5)
 
 
+def test_the_drains_predictions_are_kept_for_the_round_log():
+    """plan() leaves what the drain rule saw in `last_drain` (RoundTiming writes it to the round log):
+    why it could not judge (a bucket with fewer than MIN_STEADY rounds in its mode), else both
+    finishes and each request's expected tokens; nothing when the round was not judged."""
+    p = ModePlanner(DepthController(5, 8, False), allowed=("ssd", "plain"))
+    p.costs.observe(1, 1, 0.17)
+    p.observe("ssd", 5, 1, [4], verify_s=0.3, round_s=0.38)
+    assert p.plan(1, [("a", 20)]) == ("ssd", 5) and p.last_drain == {"why": "no steady round"}
+    for _ in range(2):
+        p.observe("ssd", 5, 1, [4], verify_s=0.3, round_s=0.38)
+    p.plan(1, [("a", 20)])
+    d = p.last_drain
+    assert set(d) == {"keep_s", "plain_s", "tokens", "round_s"} and d["round_s"] == 0.38
+    assert d["plain_s"] == pytest.approx(20 * 0.17, abs=1e-3) and len(d["tokens"]) == 1
+    p.plan(1, ())
+    assert p.last_drain is None
+
+
 def test_a_batch_is_not_judged_by_its_buckets_first_round():
     """A 2-request bucket's first SSD round waited 602 ms for its requests' first drafts (922 ms;
     the real pair at T=0, 2026-12-07), the next ones took ~350 ms for 5 + 6 tokens: SSD rounds
@@ -841,3 +859,23 @@ def test_a_buckets_round_counts_its_missed_lookups_but_not_its_longest_round():
     for t in times[2:]:
         m.add(1, 2, t, 0.25, t - 0.25, 0.0)
     assert m.steady_round_s == pytest.approx((sum(times) - 0.58) / 7)
+
+
+def test_the_round_log_carries_each_rounds_drain_predictions(tmp_path, monkeypatch):
+    """SGLANG_SSD_ROUND_LOG: one JSON line a round, with what plan() saw for the drain."""
+    import json
+    from types import SimpleNamespace
+
+    from sglang_ssd.round_timing import RoundTiming, TreeTimes
+
+    log = tmp_path / "rounds.jsonl"
+    monkeypatch.setenv("SGLANG_SSD_ROUND_LOG", str(log))
+    p = ModePlanner(DepthController(5, 8, False), allowed=("ssd", "plain"))
+    t = RoundTiming(p, SimpleNamespace(verify_s=0.0, live_k=0, live_mode="", auto_k={}, modes={}))
+    p.costs.observe(1, 1, 0.17)
+    for _ in range(2):
+        mode, k = p.plan(1, [("a", 20)])
+        t.observe(mode, k, 1, [4], [False], [True], 0.3, 0.38, 0.05, TreeTimes(), rids=["a"])
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["mode"] for r in rows] == ["ssd", "ssd"] and rows[0]["accepted"] == [4]
+    assert rows[0]["drain"] == {"why": "no steady round"}
