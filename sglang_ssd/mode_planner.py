@@ -202,7 +202,7 @@ class ModePlanner:
         if self.pinned is None and batch_size >= 1:
             b = self._bucket(batch_size)
             self.mode = b.mode
-            b.draining = (b.mode != "plain" and b.probing is None and len(requests) >= 1
+            b.draining = (b.mode != "plain" and b.probing is None and bool(requests)
                           and self._drains_sooner_plain(b, batch_size, requests))
             if b.draining:
                 b.drained += 1
