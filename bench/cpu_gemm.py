@@ -1,11 +1,12 @@
 """Linear layers of a 1.5B Qwen body for M = 1..16 rows: every CPU kernel candidate and the one chosen.
 
     python bench/cpu_gemm.py [--core 1] [--threads 1] [--tokens 1,2,3,5,9,16] [--dtypes float32,bfloat16]
+    python bench/cpu_gemm.py --core 0,1 --threads 2   # both cores
 
 Times the shapes SGLang runs for Qwen2.5-Coder-1.5B (merged QKV 1536->2048, O 1536->1536, merged
 gate_up 1536->17920, down 8960->1536), 28 layers, for M tokens at once (M = 1 is a decode step,
-M = K+1 a verify): torch's F.linear, the project's AVX2 kernel (kernels/cpu_rowdot.py, float32, one
-thread) and oneDNN's prepacked matmul (where this CPU can make the pack: a bfloat16 pack needs
+M = K+1 a verify): torch's F.linear, the project's AVX2 kernel (kernels/cpu_rowdot.py, float32, the
+weight's rows split between the threads) and oneDNN's prepacked matmul (where this CPU can make the pack: a bfloat16 pack needs
 avx512bw/vl/dq or avx_ne_convert; the row says why when it cannot), then the plan the measured
 choice (kernels/cpu_linear.py) gives each shape, as every CPU server of this package runs it. At
 small M these GEMMs are bound by reading the weights, so a kernel that reads them once costs about
@@ -46,12 +47,12 @@ def best_ms(fn, reps: int = 5) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--core", type=int, default=1)
+    ap.add_argument("--core", default="1", help="the core(s) it runs on, e.g. 1 or 0,1 (with --threads 2)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tokens", default="1,2,3,5,9,16")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     args = ap.parse_args()
-    os.sched_setaffinity(0, {args.core})
+    os.sched_setaffinity(0, {int(c) for c in args.core.split(",")})
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     caps = cpu_caps.caps()
@@ -67,7 +68,7 @@ def main() -> None:
         why = cpu_linear.pack_unsupported(dt)
         packs = {k: cpu_linear._pack(w) for k, w in ws.items()} if not why else {}
         kernels = {k: cpu_linear.LinearKernel(w.clone()) for k, w in ws.items()}
-        rowdot = dt == torch.float32 and args.threads == 1 and cpu_rowdot.available()
+        rowdot = dt == torch.float32 and cpu_rowdot.available()
         one = None
         for m in [int(x) for x in args.tokens.split(",")]:
             xs = {k: torch.randn(m, w.shape[1]).to(dt) for k, w in ws.items()}

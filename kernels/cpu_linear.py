@@ -11,7 +11,7 @@ is assumed: for each weight shape and dtype the candidates this CPU can run are 
 version, thread count and shape), and a weight gets one of two plans:
 
 - ``keep``: the weight stays as it is; per row count the faster of torch's F.linear and the
-  project's AVX2 kernel (cpu_rowdot, float32, one thread);
+  project's AVX2 kernel (cpu_rowdot, float32, on torch's threads);
 - ``pack``: oneDNN's packed copy *replaces* the weight (the parameter keeps its shape over a
   one-element placeholder), every row count runs it. Memory is never doubled.
 
@@ -186,7 +186,7 @@ def _run(path: str, x2: torch.Tensor, weight, packed, bias):
 
 def _candidates(dtype: torch.dtype) -> list[str]:
     paths = ["torch"]
-    if dtype == torch.float32 and torch.get_num_threads() == 1 and cpu_rowdot.available():
+    if dtype == torch.float32 and cpu_rowdot.available():
         paths.append("rowdot")
     why = pack_unsupported(dtype)
     if not why:

@@ -10,8 +10,14 @@
 // (160 vs 144). The prefetches go to L2 (T1), every 32 bytes: into L1 (T0) they were capped by
 // L1's few miss buffers, which on another 2-core EPYC (2.6 GHz, ~30 GB/s from one core) left 5
 // rows at 420 ms against 300 for one; to L2, 209 against 199 (one row itself 1.5x faster).
-// Built on first use by cpu_rowdot.py with g++ -O3 -mavx2 -mfma; its reference is F.linear.
+// On several threads the weight's rows are split between them (rowdot_f32_threads, OpenMP: torch's
+// own runtime, whose libgomp.so.1 is loaded first, so its threads and their pinning are reused):
+// on the 2-core EPYC (avx512_bf16, ~30 GB/s from one core) the 1.5B's linears at one row took
+// 158 ms on two threads against 213 on one and 222 for oneDNN's pack on two, which splits one
+// row's product badly (its four rows cost it 186).
+// Built on first use by cpu_rowdot.py with g++ -O3 -mavx2 -mfma -fopenmp; its reference is F.linear.
 #include <immintrin.h>
+#include <omp.h>
 #include <stdint.h>
 
 static inline float hsum(__m256 v) {
@@ -77,5 +83,20 @@ extern "C" void rowdot_f32(const float* x, const float* w, float* out, int M, in
             case 2: strip<3, 2>(xm, w, om, N, K, nb, ne, n1); break;
             case 1: strip<4, 1>(xm, w, om, N, K, nb, ne, n1); break;
         }
+    }
+}
+
+extern "C" void rowdot_f32_threads(const float* x, const float* w, float* out, int M, int N, int K, int threads) {
+    // each thread a contiguous share of the weight's rows, a multiple of 12 (every tile width
+    // above divides it: the same tiles, so the same sums, bit for bit, on any thread count)
+    const int per = ((N + threads - 1) / threads + 11) / 12 * 12;
+    if (threads <= 1 || per >= N) {
+        rowdot_f32(x, w, out, M, N, K, 0, N);
+        return;
+    }
+    #pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int t = 0; t < threads; t++) {
+        const int n0 = t * per, n1 = n0 + per < N ? n0 + per : N;
+        if (n0 < n1) rowdot_f32(x, w, out, M, N, K, n0, n1);
     }
 }

@@ -5,7 +5,8 @@ same as on AVX-512, where 32 registers hold several rows of 4 accumulators each)
 registers a 64-wide block leaves room for one row of accumulators, so a verify of 5 rows costs ~2x
 one row there (bench/cpu_gemm.py), where reading the weights once should cost the same. This
 kernel works on the weight as torch stores it (no second copy) with register tiles sized for
-AVX2. It is one candidate of the measured kernel choice (cpu_linear.py), used only where it wins.
+AVX2, on torch's thread count (the weight's rows split between the threads). It is one candidate
+of the measured kernel choice (cpu_linear.py), used only where it wins.
 
 Built on first use with g++ into the kernel cache (~/.cache/sglang_ssd/kernels, or
 $SGLANG_SSD_KERNEL_CACHE) and loaded with ctypes, which releases the GIL during the call. Where
@@ -33,7 +34,7 @@ from sglang_ssd.kernels import cpu_caps
 logger = logging.getLogger(__name__)
 
 _SRC = Path(__file__).with_name("cpu_rowdot.cpp")
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 _lib = None
 reason = ""  # why the kernel is unavailable ("" when it is, or before the first try)
 
@@ -73,8 +74,8 @@ def _build() -> Optional[ctypes.CDLL]:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(out))
-    lib.rowdot_f32.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 5
-    lib.rowdot_f32.restype = None
+    lib.rowdot_f32_threads.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 4
+    lib.rowdot_f32_threads.restype = None
     return lib
 
 
@@ -105,7 +106,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     n = weight.shape[0]
     out = torch.empty(x2.shape[0], n, dtype=torch.float32)
     if x2.shape[0]:
-        _lib.rowdot_f32(x2.data_ptr(), weight.data_ptr(), out.data_ptr(), x2.shape[0], n, k, 0, n)
+        _lib.rowdot_f32_threads(x2.data_ptr(), weight.data_ptr(), out.data_ptr(), x2.shape[0], n, k,
+                                torch.get_num_threads())
     if bias is not None:
         out += bias
     return out.view(*x.shape[:-1], n)

@@ -127,6 +127,29 @@ def test_rowdot_equals_f_linear(rows, shape):
     assert cpu_rowdot.linear(x[None], w).shape == (1, rows, shape[0])
 
 
+@pytest.mark.skipif(not cpu_caps.caps().avx2_fma, reason="the CPU lacks AVX2/FMA")
+@pytest.mark.parametrize("shape", [(5, 7), (13, 40), (130, 1000), (1000, 64)])
+def test_rowdot_on_several_threads_is_the_same_bit_for_bit(shape):
+    """The weight's rows split between torch's threads: every output is the same tile's sum as on
+    one thread (shares of 12 rows), and a candidate of the measured choice on any thread count."""
+    assert cpu_rowdot.available(), cpu_rowdot.reason
+    g = torch.Generator().manual_seed(shape[0])
+    before = torch.get_num_threads()
+    try:
+        for rows in (1, 2, 3, 5, 7, 13):
+            w, x = torch.randn(*shape, generator=g), torch.randn(rows, shape[1], generator=g)
+            torch.set_num_threads(1)
+            one = cpu_rowdot.linear(x, w)
+            for threads in (2, 3):
+                torch.set_num_threads(threads)
+                assert torch.equal(cpu_rowdot.linear(x, w), one), (rows, threads)
+        torch.set_num_threads(2)
+        assert "rowdot" in cpu_linear._candidates(torch.float32)
+        assert "rowdot" not in cpu_linear._candidates(torch.bfloat16)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_rowdot_unavailable_says_why(monkeypatch):
     with cpu_caps.forced({"sse4_2"}):
         assert not cpu_rowdot.available() and "avx2" in cpu_rowdot.reason
