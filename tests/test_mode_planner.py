@@ -7,7 +7,7 @@ import random
 import pytest
 
 from sglang_ssd.auto_k import DepthController, expected_tokens
-from sglang_ssd.mode_planner import EVERY, FIRST_WINDOW, MAX_BACKOFF, ModePlanner
+from sglang_ssd.mode_planner import EVERY, FIRST_WINDOW, MAX_BACKOFF, ModePlanner, _Meter
 
 K = 4
 
@@ -806,20 +806,53 @@ def test_the_request_left_alone_at_the_end_of_a_burst_is_served_by_its_own_accep
 
 def test_the_drains_predictions_are_kept_for_the_round_log():
     """plan() leaves what the drain rule saw in `last_drain` (RoundTiming writes it to the round log):
-    why it could not judge (a bucket with fewer than MIN_STEADY rounds in its mode), else both
-    finishes and each request's expected tokens; nothing when the round was not judged."""
+    why it could not judge (no round cost known yet), else both finishes, each request's expected
+    tokens and the round they were judged by (the verify before MIN_STEADY rounds, then the
+    bucket's own); nothing when the round was not judged."""
     p = ModePlanner(DepthController(5, 8, False), allowed=("ssd", "plain"))
     p.costs.observe(1, 1, 0.17)
+    assert p.plan(1, [("a", 20)]) == ("ssd", 5) and p.last_drain == {"why": "no round cost"}
     p.observe("ssd", 5, 1, [4], verify_s=0.3, round_s=0.38)
-    assert p.plan(1, [("a", 20)]) == ("ssd", 5) and p.last_drain == {"why": "no steady round"}
+    p.plan(1, [("a", 20)])
+    assert p.last_drain["round_s"] == 0.3 and p.last_drain["round_from"] == "verify"
     for _ in range(2):
         p.observe("ssd", 5, 1, [4], verify_s=0.3, round_s=0.38)
     p.plan(1, [("a", 20)])
     d = p.last_drain
-    assert set(d) == {"keep_s", "plain_s", "tokens", "round_s"} and d["round_s"] == 0.38
+    assert set(d) == {"keep_s", "plain_s", "tokens", "round_s", "round_from"}
+    assert d["round_s"] == 0.38 and d["round_from"] == "steady"
     assert d["plain_s"] == pytest.approx(20 * 0.17, abs=1e-3) and len(d["tokens"]) == 1
     p.plan(1, ())
     assert p.last_drain is None
+
+
+def test_a_tail_bucket_without_steady_rounds_drains_on_its_verify():
+    """A burst's tail passes through buckets whose visit has not had MIN_STEADY rounds yet (the real
+    pair at T=0: 7 of 8 tail rounds at 1-2 requests). A request the draft predicts badly (0-1 of 5
+    drafts) left alone with 20 tokens to go: even a round costing only its 300 ms verify makes
+    ~1.4 tokens (4.6/s) against 5.9/s in 170 ms plain steps, so it is served plain from its bucket's
+    first round; a request accepting 4 of 5 keeps SSD."""
+    from sglang_ssd.mode_planner import MIN_STEADY
+
+    p = ModePlanner(DepthController(5, 8, False), allowed=("ssd", "plain"))
+    p.costs.observe(1, 1, 0.17)
+    p.costs.observe(1, 6, 0.30)  # the verify at K=5, measured in an earlier visit
+    p._bucket(1).mode = "ssd"
+    for a in (0, 1, 0, 0):
+        p.observe_requests(["slow"], [a], [True], 5)
+    for _ in range(4):
+        p.observe_requests(["good"], [4], [True], 5)
+    assert len(p._bucket(1).meters.get("ssd", _Meter()).recent) < MIN_STEADY
+    assert p.plan(1, [("good", 20)]) == ("ssd", 5)
+    assert p.plan(1, [("slow", 20)]) == ("plain", 0) and p.last_drain["round_from"] == "verify"
+    # the same with the verify predicted from the target's linear layers timed at start (the prior)
+    q = ModePlanner(DepthController(5, 8, False), allowed=("ssd", "plain"))
+    q.costs.observe(1, 1, 0.17)
+    q.costs.set_prior({q.costs.speculating: {1: 0.17, 6: 0.30}})
+    q._bucket(1).mode = "ssd"
+    for a in (0, 1, 0, 0):
+        q.observe_requests(["slow"], [a], [True], 5)
+    assert q.plan(1, [("slow", 20)]) == ("plain", 0)
 
 
 def test_a_batch_is_not_judged_by_its_buckets_first_round():
@@ -878,4 +911,4 @@ def test_the_round_log_carries_each_rounds_drain_predictions(tmp_path, monkeypat
         t.observe(mode, k, 1, [4], [False], [True], 0.3, 0.38, 0.05, TreeTimes(), rids=["a"])
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["mode"] for r in rows] == ["ssd", "ssd"] and rows[0]["accepted"] == [4]
-    assert rows[0]["drain"] == {"why": "no steady round"}
+    assert rows[0]["drain"] == {"why": "no round cost"}
