@@ -14,10 +14,10 @@
 // own runtime, whose libgomp.so.1 is loaded first, so its threads and their pinning are reused):
 // on the 2-core EPYC (avx512_bf16, ~30 GB/s from one core) the 1.5B's linears at one row took
 // 158 ms on two threads against 213 on one and 222 for oneDNN's pack on two, which splits one
-// row's product badly (its four rows cost it 186).
+// row's product badly (its four rows cost it 186). Built without OpenMP (a compiler that lacks it)
+// the pragma is ignored and the shares run one after another on the calling thread.
 // Built on first use by cpu_rowdot.py with g++ -O3 -mavx2 -mfma -fopenmp; its reference is F.linear.
 #include <immintrin.h>
-#include <omp.h>
 #include <stdint.h>
 
 static inline float hsum(__m256 v) {

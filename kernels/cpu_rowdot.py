@@ -66,6 +66,9 @@ def _build() -> Optional[ctypes.CDLL]:
         os.close(fd)
         try:
             r = subprocess.run([cxx, *_FLAGS, "-o", tmp, str(_SRC)], capture_output=True, text=True, timeout=120)
+            if r.returncode != 0:  # a compiler without OpenMP: the same kernel on one thread
+                serial = [f for f in _FLAGS if f != "-fopenmp"]
+                r = subprocess.run([cxx, *serial, "-o", tmp, str(_SRC)], capture_output=True, text=True, timeout=120)
             if r.returncode != 0:
                 reason = f"{cxx} failed: {r.stderr.strip()[-300:]}"
                 return None

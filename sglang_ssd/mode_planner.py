@@ -223,7 +223,7 @@ class ModePlanner:
         k, prior = self.depth.k, self.depth.accept
         tokens = [expected_tokens(self.requests.accept(rid, prior), k) for rid, _ in requests]
         remaining = [float(min(r, DRAIN_HORIZON)) for _, r in requests]
-        rounds, steps = {}, {}  # each batch size's costs once for both futures (every round, on rank 0)
+        rounds, steps = {batch_size: (got[0], True)}, {}  # each batch size's costs once for both futures
         round_of = lambda n: rounds[n] if n in rounds else rounds.setdefault(n, self._round_of(n))  # noqa: E731
         step = lambda n: steps[n] if n in steps else steps.setdefault(n, self.costs.step_predicted(n))  # noqa: E731
         keep = finish_s(remaining, tokens, round_of, step)

@@ -6,6 +6,7 @@ machine the tests run on."""
 from __future__ import annotations
 
 import json
+import shutil
 import types
 
 import pytest
@@ -146,6 +147,24 @@ def test_rowdot_on_several_threads_is_the_same_bit_for_bit(shape):
         torch.set_num_threads(2)
         assert "rowdot" in cpu_linear._candidates(torch.float32)
         assert "rowdot" not in cpu_linear._candidates(torch.bfloat16)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not cpu_caps.caps().avx2_fma or not shutil.which("g++"), reason="needs AVX2/FMA and g++")
+def test_rowdot_builds_without_openmp(tmp_path, monkeypatch):
+    """A compiler that refuses -fopenmp still builds the kernel (its shares then run on one thread):
+    available, and equal to F.linear on two threads."""
+    cxx = tmp_path / "cxx"
+    cxx.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = "-fopenmp" ] && exit 1; done\nexec g++ "$@"\n')
+    cxx.chmod(0o755)
+    monkeypatch.setenv("CXX", str(cxx))
+    assert cpu_rowdot.available(), cpu_rowdot.reason
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        w, x = torch.randn(1000, 64), torch.randn(5, 64)
+        torch.testing.assert_close(cpu_rowdot.linear(x, w), F.linear(x, w), rtol=1e-4, atol=1e-4)
     finally:
         torch.set_num_threads(before)
 
